@@ -1,0 +1,64 @@
+"""Wire schemas: changes on `TIDINGS_CHANGES` and browser events on `TIDINGS_EVENTS`.
+
+A *change* is a row-level fact read from Postgres by the bridge. An *event* is
+what a browser receives. Every service encodes and decodes these through the
+module-level encoder and decoders below, so the schemas live in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+ChangeKind = Literal["history", "notification"]
+
+EVENT_TYPES = frozenset(
+    {
+        "history_update",
+        "notification_update",
+        "broadcast_update",
+        "entry_point_update",
+        "notification_status",
+        "reset",
+    }
+)
+
+
+class Change(msgspec.Struct, frozen=True):
+    """One changed row, as the bridge publishes it to `TIDINGS_CHANGES`."""
+
+    kind: ChangeKind
+    key: str
+    commit_time: datetime
+
+
+class HistoryUpdate(msgspec.Struct, frozen=True):
+    """Data of a `history_update` event: these histories changed."""
+
+    history_ids: list[str]
+    update_time: datetime
+
+
+class NotificationUpdate(msgspec.Struct, frozen=True):
+    """Data of a `notification_update` event: these notifications changed."""
+
+    notification_ids: list[str]
+    update_time: datetime
+
+
+class Reset(msgspec.Struct, frozen=True):
+    """Data of a `reset` event: the client must refetch its state."""
+
+    reason: str
+    message: str
+
+
+encoder = msgspec.json.Encoder()
+change_decoder = msgspec.json.Decoder(Change)
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    """Encode a schema value as compact JSON (one line, no raw CR or LF)."""
+    return encoder.encode(value)
