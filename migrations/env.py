@@ -7,7 +7,6 @@ import os
 
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
-
 from tidings.shared.db import sqlalchemy_url
 
 

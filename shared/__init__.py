@@ -1,1 +1,1 @@
-"""Code shared by every Tidings service: settings, event schemas, NATS and Postgres helpers."""
+"""Code shared by every Tidings service: settings, schemas, NATS and Postgres."""

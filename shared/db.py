@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-
 from tidings.shared.errors import ConfigurationError
 
 
@@ -24,7 +23,9 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+asyncpg://" + asyncpg_dsn(url).partition("://")[2]
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 5
+) -> asyncpg.Pool:
     """Open a small asyncpg pool."""
     return await asyncpg.create_pool(
         asyncpg_dsn(url), min_size=min_size, max_size=max_size

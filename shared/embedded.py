@@ -64,7 +64,8 @@ class EmbeddedPostgres:
         self.port = port
         self.fast = fast
         self.proc: subprocess.Popen | None = None
-        self._run_as: str | None = None
+        # Popen arguments that drop root: user, group and no extra groups.
+        self._run_as: dict = {}
 
     @property
     def url(self) -> str:
@@ -91,9 +92,9 @@ class EmbeddedPostgres:
         if self.fast:
             # Test databases are thrown away, so durability buys nothing.
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=log, user=self._run_as, start_new_session=True
+            args, stdout=log, stderr=log, start_new_session=True, **self._run_as
         )
         log.close()
         _wait_for_port("127.0.0.1", self.port, self.proc, "postgres")
@@ -123,20 +124,26 @@ class EmbeddedPostgres:
             path.chmod(path.stat().st_mode | (0o005 if path.is_dir() else 0o004))
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
-        self._run_as = POSTGRES_SYSTEM_USER
+        self._run_as = {
+            "user": entry.pw_uid,
+            "group": entry.pw_gid,
+            "extra_groups": [],
+        }
 
     def _initdb(self) -> None:
         result = subprocess.run(
             [
                 str(self._bin / "initdb"),
-                "-D", str(self.data_dir),
+                "-D",
+                str(self.data_dir),
                 "--auth=trust",
                 "--encoding=UTF8",
-                "-U", "postgres",
-            ],  # fmt: skip
+                "-U",
+                "postgres",
+            ],
             capture_output=True,
             text=True,
-            user=self._run_as,
+            **self._run_as,
         )
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed: {result.stderr.strip()}")
@@ -145,7 +152,13 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             ready = subprocess.run(
-                [str(self._bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                [
+                    str(self._bin / "pg_isready"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
                 capture_output=True,
             )
             if ready.returncode == 0:
@@ -171,15 +184,18 @@ class EmbeddedNats:
         """Start the server with JetStream storing under the data folder."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
-                "-a", "127.0.0.1",
-                "-p", str(self.port),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
                 "-js",
-                "-sd", str(self.data_dir / "jetstream"),
-            ],  # fmt: skip
+                "-sd",
+                str(self.data_dir / "jetstream"),
+            ],
             stdout=log,
             stderr=log,
             start_new_session=True,

@@ -52,6 +52,7 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # Access lines of every SSE request would drown the useful lines.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-
 from tidings.migrations import MIGRATIONS_DIR
 
 

@@ -19,7 +19,6 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-
 from tidings.shared.settings import Settings
 
 CHANGES_STREAM = "TIDINGS_CHANGES"

@@ -1,0 +1,1 @@
+"""The notification API: Galaxy-compatible routes that write Postgres only."""

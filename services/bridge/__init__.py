@@ -1,0 +1,1 @@
+"""The bridge: publishes Postgres change notifications to `TIDINGS_CHANGES`."""

@@ -1,0 +1,1 @@
+"""The edge: authenticates browsers and streams their events as Server-Sent Events."""

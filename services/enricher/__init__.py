@@ -1,0 +1,1 @@
+"""The enricher: resolves each change to its audience and publishes browser events."""

@@ -1,0 +1,73 @@
+"""Serving an ASGI app with uvicorn inside a service's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from litestar import Litestar, MediaType, get
+from litestar.response import Response
+
+ReadinessCheck = Callable[[], Awaitable[bool] | bool]
+
+
+class HttpServer:
+    """A uvicorn server that runs as a task and stops on request."""
+
+    def __init__(self, app, host: str, port: int, *, grace_seconds: float = 5.0):
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=max(1, int(grace_seconds)),
+        )
+        self.server = uvicorn.Server(config)
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start serving and return once the socket listens."""
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("HTTP server exited before it started")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop accepting, let open requests finish, and wait for the task."""
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+    @property
+    def port(self) -> int:
+        """Port the server listens on, useful when it was started on port 0."""
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+
+def health_handlers(ready: ReadinessCheck) -> list:
+    """Handlers of `/healthz` (process up) and `/readyz` (dependencies usable)."""
+
+    @get("/healthz", media_type=MediaType.JSON)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", media_type=MediaType.JSON)
+    async def readyz() -> Response[dict[str, str]]:
+        result = ready()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return Response({"status": "ready"})
+        return Response({"status": "not ready"}, status_code=503)
+
+    return [healthz, readyz]
+
+
+def health_app(ready: ReadinessCheck) -> Litestar:
+    """App serving only the health endpoints, for the bridge and the enricher."""
+    return Litestar(health_handlers(ready), openapi_config=None, logging_config=None)
