@@ -7,6 +7,7 @@ import os
 
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
+
 from tidings.shared.db import sqlalchemy_url
 
 

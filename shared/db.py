@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+
 from tidings.shared.errors import ConfigurationError
 
 

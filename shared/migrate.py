@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+
 from tidings.migrations import MIGRATIONS_DIR
 
 

@@ -9,6 +9,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
+
 from tidings.shared.logs import get_logger
 from tidings.shared.settings import Settings
 from tidings.shared.subjects import (

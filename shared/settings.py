@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 
 import msgspec
+
 from tidings.shared.errors import ConfigurationError
 
 PREFIX = "TIDINGS_"

@@ -19,6 +19,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+
 from tidings.shared.settings import Settings
 
 CHANGES_STREAM = "TIDINGS_CHANGES"

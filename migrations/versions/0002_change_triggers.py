@@ -6,6 +6,7 @@ Create Date: 2026-12-04
 """
 
 from alembic import op
+
 from tidings.shared.triggers import install_statements, remove_statements
 
 revision = "0002"

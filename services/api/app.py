@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+
 from tidings.api.notifications import create_notification
 from tidings.shared.db import create_pool
 from tidings.shared.http import HttpServer, health_handlers

@@ -6,6 +6,7 @@ import asyncpg
 import msgspec
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+
 from tidings.shared.settings import Settings
 
 _USER_BY_API_KEY = """

@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 from litestar import Request, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
+from litestar.params import JSONBody
+
 from tidings.api.auth import require_admin, resolve_caller
 from tidings.api.schemas import (
     NotificationCreatedResponse,
@@ -33,9 +36,9 @@ SELECT unnest($1::int[]), $2
 @post("/api/notifications", status_code=200)
 async def create_notification(
     request: Request,
-    data: NotificationCreateRequest,
-    db_pool: asyncpg.Pool,
-    settings: Settings,
+    data: JSONBody[NotificationCreateRequest],
+    db_pool: NamedDependency[asyncpg.Pool],
+    settings: NamedDependency[Settings],
 ) -> NotificationCreatedResponse:
     """Store a notification for the recipients (admins only)."""
     caller = await resolve_caller(request, db_pool, settings)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+
 from tidings.shared.db import asyncpg_dsn
 from tidings.shared.events import Change, encode
 from tidings.shared.http import HttpServer, health_app

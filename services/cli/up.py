@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import msgspec
+
 from tidings.cli.seed import ADMIN_EMAIL, seed_demo
 from tidings.shared.embedded import EmbeddedNats, EmbeddedPostgres
 from tidings.shared.errors import TidingsError

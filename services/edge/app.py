@@ -11,6 +11,7 @@ from litestar.di import Provide
 from litestar.static_files import create_static_files_router
 from litestar.types import Receive, Scope, Send
 from nats.aio.client import Client
+
 from tidings.edge.auth import ApiKeyAuthenticator
 from tidings.edge.demo import DEMO_HANDLERS, STATIC_DIR
 from tidings.edge.hub import Hub

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import asyncpg
 from litestar import MediaType, Request, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.params import FromPath
 from litestar.response import File
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -42,7 +44,7 @@ async def demo_page() -> File:
 
 
 @get("/demo/users", media_type=MediaType.JSON)
-async def demo_users(db_pool: asyncpg.Pool) -> list[dict]:
+async def demo_users(db_pool: NamedDependency[asyncpg.Pool]) -> list[dict]:
     """Demo users with one API key each and their histories."""
     import json
 
@@ -60,7 +62,9 @@ async def demo_users(db_pool: asyncpg.Pool) -> list[dict]:
 
 @post("/demo/histories/{history_id:int}/touch", status_code=204)
 async def touch_history(
-    request: Request, history_id: int, db_pool: asyncpg.Pool
+    request: Request,
+    history_id: FromPath[int],
+    db_pool: NamedDependency[asyncpg.Pool],
 ) -> None:
     """Bump a history's update time, as Galaxy does when a dataset changes."""
     key = request.headers.get("x-api-key", "")

@@ -14,6 +14,7 @@ from collections import deque
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
 from tidings.edge.sse import FramingError, format_event
 from tidings.shared.logs import get_logger
 from tidings.shared.subjects import EVENT_TYPE_HEADER, LIVE_PREFIX, live_subject
@@ -86,6 +87,9 @@ class Hub:
                 self._subscriptions[audience] = await self._nc.subscribe(
                     live_subject(audience), cb=self._deliver
                 )
+                # The server must know the subscription before the stream
+                # starts, or an event published right after could miss it.
+                await self._nc.flush()
 
     async def detach(self, connection: Connection) -> None:
         """Stop delivering to the connection; drop subscriptions nobody needs."""

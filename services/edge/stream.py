@@ -10,6 +10,7 @@ import asyncio
 from urllib.parse import parse_qs
 
 import msgspec
+
 from tidings.edge.auth import ApiKeyAuthenticator, Caller
 from tidings.edge.hub import Connection, Hub
 from tidings.edge.sse import KEEPALIVE, format_retry

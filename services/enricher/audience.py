@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
+
 from tidings.shared.events import Change, HistoryUpdate, NotificationUpdate
 from tidings.shared.subjects import ALL_AUDIENCE, session_audience, user_audience
 

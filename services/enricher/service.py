@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
 from tidings.enricher.audience import RESOLVERS, Delivery
 from tidings.shared.db import create_pool
 from tidings.shared.events import Change, change_decoder, encode
