@@ -20,7 +20,7 @@ log = get_logger(__name__)
 
 
 def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
-    """The notification API app."""
+    """Build the notification API app."""
 
     async def ready() -> bool:
         try:

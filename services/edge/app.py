@@ -67,11 +67,11 @@ class Edge:
         log.info("edge stopped")
 
     def is_ready(self) -> bool:
-        """Whether NATS is connected."""
+        """Return whether NATS is connected."""
         return self.nc is not None and self.nc.is_connected
 
     def build_app(self) -> Litestar:
-        """The Litestar app of this edge."""
+        """Build the Litestar app of this edge."""
         endpoint = self.endpoint
         assert endpoint is not None
 

@@ -39,7 +39,7 @@ WHERE id = $1 AND user_id = (
 
 @get("/demo", media_type=MediaType.HTML)
 async def demo_page() -> File:
-    """The demo page."""
+    """Serve the demo page."""
     return File(STATIC_DIR / "demo.html", content_disposition_type="inline")
 
 

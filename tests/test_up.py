@@ -1,0 +1,111 @@
+"""`tidings up` runs the whole system from an empty folder and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from tests.sse_client import open_stream
+from tidings.shared.embedded import free_port
+
+START_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 40.0
+
+
+def _start_up(data_dir: Path, log_path: Path) -> subprocess.Popen:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TIDINGS_")
+    }
+    for service in ("EDGE", "API", "BRIDGE", "ENRICHER"):
+        env[f"TIDINGS_{service}_PORT"] = str(free_port())
+    env["TIDINGS_LOG_FORMAT"] = "json"
+    log = log_path.open("ab")
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tidings.cli.main",
+                "up",
+                "--data-dir",
+                str(data_dir),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        log.close()
+
+
+async def _wait_for_endpoints(path: Path, proc: subprocess.Popen, log: Path) -> dict:
+    async with asyncio.timeout(START_TIMEOUT_SECONDS):
+        while not path.exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
+    return json.loads(path.read_text())
+
+
+async def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+        while proc.poll() is None:
+            await asyncio.sleep(0.1)
+    return proc.returncode
+
+
+async def _deliver_change(endpoints: dict) -> None:
+    alice = next(u for u in endpoints["users"] if u["histories"])
+    history_id = alice["histories"][0]["id"]
+    headers = {"x-api-key": alice["api_key"]}
+    async with open_stream(endpoints["stream_url"], headers=headers) as stream:
+        conn = await asyncpg.connect(endpoints["database_url"])
+        try:
+            await conn.execute(
+                "UPDATE history SET name = 'renamed by SQL' WHERE id = $1", history_id
+            )
+        finally:
+            await conn.close()
+        frame = await stream.next_event(timeout=20)
+    assert frame.event == "history_update"
+    assert json.loads(frame.data)["history_ids"] == [str(history_id)]
+
+
+async def test_up_serves_and_stops(tmp_path: Path):
+    """`tidings up` writes endpoints.json, streams a change, stops on SIGTERM."""
+    data_dir = tmp_path / "data"
+    log = tmp_path / "up.log"
+    proc = _start_up(data_dir, log)
+    try:
+        endpoints = await _wait_for_endpoints(data_dir / "endpoints.json", proc, log)
+        await _deliver_change(endpoints)
+    finally:
+        code = await _stop(proc)
+
+    assert code == 0, log.read_text()[-3000:]
+    assert "tidings up: stopped" in log.read_text()
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+    keys = {u["email"]: u["api_key"] for u in endpoints["users"]}
+    assert set(keys) == {"admin@example.org", "alice@example.org", "bob@example.org"}
+    assert endpoints["demo_url"].endswith("/demo")
+    assert endpoints["anonymous_session"]["history_id"] is not None
+
+    (data_dir / "endpoints.json").unlink()
+    proc = _start_up(data_dir, log)
+    try:
+        again = await _wait_for_endpoints(data_dir / "endpoints.json", proc, log)
+        await _deliver_change(again)
+    finally:
+        code = await _stop(proc)
+
+    assert code == 0
+    assert {u["email"]: u["api_key"] for u in again["users"]} == keys
