@@ -68,6 +68,15 @@ def health_handlers(ready: ReadinessCheck) -> list:
     return [healthz, readyz]
 
 
+def operations_handlers(ready: ReadinessCheck) -> list:
+    """Handlers of the health endpoints and of `/metrics`."""
+    from tidings.shared.metrics import metrics
+
+    return [*health_handlers(ready), metrics]
+
+
 def health_app(ready: ReadinessCheck) -> Litestar:
-    """App serving only the health endpoints, for the bridge and the enricher."""
-    return Litestar(health_handlers(ready), openapi_config=None, logging_config=None)
+    """Build the app of health and metrics endpoints of the bridge and enricher."""
+    return Litestar(
+        operations_handlers(ready), openapi_config=None, logging_config=None
+    )

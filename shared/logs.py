@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
@@ -24,6 +25,7 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
 
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -53,6 +55,15 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     # Access lines of every SSE request would drown the useful lines.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _add_trace_ids(_logger, _method: str, event: dict) -> dict:
+    """Bind the ids of the current span, so a log line leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

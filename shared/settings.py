@@ -40,6 +40,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     demo: bool = False
     log_format: str = "auto"
     log_level: str = "INFO"
+    otel: str = ""
 
     @property
     def admin_emails(self) -> frozenset[str]:

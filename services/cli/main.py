@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from tidings.shared.errors import TidingsError
 from tidings.shared.logs import configure_logging, get_logger
 from tidings.shared.settings import Settings, load_settings
+from tidings.shared.telemetry import configure_tracing
 
 log = get_logger("tidings.cli")
 
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the embedded servers' data and endpoints.json "
         "(default: .tidings)",
     )
+    up.add_argument(
+        "--otel",
+        action="store_true",
+        help="print every service's trace spans to its output (no collector needed)",
+    )
 
     for name, what in [
         ("bridge", "publish Postgres changes to TIDINGS_CHANGES"),
@@ -88,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from tidings.cli.up import run_up
 
+            if args.otel:
+                settings = settings.replace(otel="console")
             return run_up(settings, args.data_dir)
         if args.command == "migrate":
             from tidings.shared.migrate import upgrade
 
             upgrade(settings.database_url)
             return 0
+        configure_tracing(args.command, settings.otel)
         asyncio.run(run_until_signal(_service_main(args.command), settings))
     except TidingsError as exc:
         print(f"tidings: {exc}", file=sys.stderr)

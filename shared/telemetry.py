@@ -1,0 +1,126 @@
+"""Tracing: one trace per change, carried across services in NATS headers.
+
+Tracing is off unless configured: by `TIDINGS_OTEL` (`otlp`, `console` or
+`memory`), or by the standard `OTEL_TRACES_EXPORTER` / `OTEL_EXPORTER_OTLP_*`
+variables, which the OTLP exporter reads for its endpoint and headers. The
+W3C `traceparent` travels in message headers through OpenTelemetry's
+propagator API, so the bridge, the enricher and the edge add their spans to
+one trace.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+
+from tidings.shared.logs import get_logger
+
+log = get_logger(__name__)
+
+# Exporter of `TIDINGS_OTEL=memory`, readable by tests and `tidings up --otel`.
+memory_exporter = InMemorySpanExporter()
+
+
+def tracing_mode(setting: str, environ: Mapping[str, str] | None = None) -> str:
+    """Return `otlp`, `console`, `memory` or `off` from settings and `OTEL_*`."""
+    environ = os.environ if environ is None else environ
+    if setting:
+        return setting
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "")
+    if exporter in ("otlp", "console"):
+        return exporter
+    if any(
+        environ.get(name)
+        for name in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        )
+    ):
+        return "otlp"
+    return "off"
+
+
+def configure_tracing(service: str, setting: str = "") -> bool:
+    """Install a tracer provider for `service`; return whether tracing is on."""
+    mode = tracing_mode(setting)
+    if mode in ("off", "none"):
+        return False
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"tidings-{service}"})
+    )
+    if mode == "memory":
+        provider.add_span_processor(SimpleSpanProcessor(memory_exporter))
+    elif mode == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
+
+        exporter = _ReportOnceExporter(OTLPSpanExporter())
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    log.info("tracing on", service=service, exporter=mode)
+    return True
+
+
+def get_tracer(name: str) -> trace.Tracer:
+    """Return a tracer; its spans are no-ops while tracing is off."""
+    return trace.get_tracer(name)
+
+
+def inject_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Add the current trace context (`traceparent`) to message headers."""
+    propagate.inject(headers)
+    return headers
+
+
+def extract_context(headers: Mapping[str, str] | None) -> Context:
+    """Return the trace context carried by message headers, if any."""
+    return propagate.extract(dict(headers or {}))
+
+
+class _ReportOnceExporter(SpanExporter):
+    """Wraps an exporter and logs once when spans cannot be delivered.
+
+    The services keep working without a collector; the log says so once
+    instead of on every batch.
+    """
+
+    def __init__(self, inner: SpanExporter):
+        self._inner = inner
+        self._reported = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception as exc:
+            result = SpanExportResult.FAILURE
+            error = str(exc)
+        else:
+            error = "collector rejected or did not answer"
+        if result is SpanExportResult.FAILURE and not self._reported:
+            self._reported = True
+            log.warning("spans not exported; is the collector reachable?", error=error)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
