@@ -180,6 +180,29 @@ def test_containers_run_their_service(overlay: str):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_migrate_phase_selects_job_inputs(overlay: str):
+    # docs/admin.md applies these objects first, with
+    # -l 'app.kubernetes.io/component in (config,migrate)', and waits for the Job.
+    selected = {
+        (o["kind"], o["metadata"]["name"])
+        for o in render(overlay)
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        in ("config", "migrate")
+    }
+    job = objects_of(overlay, "Job")["tidings-migrate"]
+    assert ("Job", "tidings-migrate") in selected
+    rendered = {(o["kind"], o["metadata"]["name"]) for o in render(overlay)}
+    for source in job["spec"]["template"]["spec"]["containers"][0]["envFrom"]:
+        if "configMapRef" in source:
+            reference = ("ConfigMap", source["configMapRef"]["name"])
+        else:
+            reference = ("Secret", source["secretRef"]["name"])
+        # A Secret that the overlay does not render is created by hand first.
+        if reference in rendered:
+            assert reference in selected, reference
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_hit_served_health_paths(overlay: str):
     expected_paths = {
         "startupProbe": "/healthz",
