@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import kubernetes_validate
+import msgspec
 import pytest
 import yaml
 from litestar import Litestar
@@ -29,7 +30,7 @@ from tidings.bridge.service import Bridge
 from tidings.edge.app import Edge
 from tidings.enricher.service import Enricher
 from tidings.shared.http import HttpServer
-from tidings.shared.settings import Settings, load_settings
+from tidings.shared.settings import PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -375,6 +376,33 @@ def test_nats_dev_values_fit_dev_overlay():
 def test_nats_url_names_chart_service(overlay: str):
     # The chart names its client Service after the release, `nats`.
     assert load_settings(config_data(overlay)).nats_url == "nats://nats:4222"
+
+
+def documented_settings() -> dict[str, str]:
+    """Return the default of each variable in docs/admin.md's settings table."""
+    table_row = re.compile(r"^\| `(TIDINGS_[A-Z0-9_]+)` \| ([^|]+) \|", re.MULTILINE)
+    text = (ROOT / "docs" / "admin.md").read_text()
+    return {
+        name: default.strip().strip("`") for name, default in table_row.findall(text)
+    }
+
+
+def test_admin_guide_lists_every_setting():
+    documented = documented_settings()
+    defaults = Settings()
+    for field in msgspec.structs.fields(Settings):
+        name = f"{PREFIX}{field.name.upper()}"
+        assert name in documented, f"add {name} to the settings table of docs/admin.md"
+        default = documented[name]
+        if default == "(none)":
+            assert getattr(defaults, field.name) == "", name
+        else:
+            documented_value = getattr(load_settings({name: default}), field.name)
+            assert documented_value == getattr(defaults, field.name), name
+    known = {
+        f"{PREFIX}{field.name.upper()}" for field in msgspec.structs.fields(Settings)
+    }
+    assert not set(documented) - known, "docs/admin.md lists unknown settings"
 
 
 def test_dockerfile_passes_hadolint():
