@@ -13,5 +13,9 @@ class EmbeddedServerError(TidingsError):
     """An embedded Postgres or NATS server failed to start or stop."""
 
 
+class ServiceError(TidingsError):
+    """A service cannot start or keep running."""
+
+
 class BridgeError(TidingsError):
     """The bridge cannot turn database changes into stream messages."""

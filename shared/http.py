@@ -9,6 +9,8 @@ import uvicorn
 from litestar import Litestar, MediaType, get
 from litestar.response import Response
 
+from tidings.shared.errors import ServiceError
+
 ReadinessCheck = Callable[[], Awaitable[bool] | bool]
 
 
@@ -26,16 +28,26 @@ class HttpServer:
             timeout_graceful_shutdown=max(1, int(grace_seconds)),
         )
         self.server = uvicorn.Server(config)
+        self._address = f"{host}:{port}"
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Start serving and return once the socket listens."""
-        self._task = asyncio.create_task(self.server.serve())
+        self._task = asyncio.create_task(self._serve())
         while not self.server.started:
             if self._task.done():
                 self._task.result()
-                raise RuntimeError("HTTP server exited before it started")
+                raise ServiceError(f"could not listen on {self._address}")
             await asyncio.sleep(0.01)
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        except SystemExit as exc:
+            # uvicorn exits when it cannot bind; report it as an error instead.
+            raise ServiceError(
+                f"could not listen on {self._address}; is the port free?"
+            ) from exc
 
     async def stop(self) -> None:
         """Stop accepting, let open requests finish, and wait for the task."""

@@ -68,13 +68,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigurationError(f"invalid setting: {_env_name(exc)}") from exc
+        raise ConfigurationError(_describe(exc, raw)) from exc
 
 
-def _env_name(exc: msgspec.ValidationError) -> str:
-    # msgspec names the field as "$.field"; show the variable a user sets.
+def _describe(exc: msgspec.ValidationError, raw: dict[str, str]) -> str:
+    # msgspec names the field as "$.field"; name the variable a user sets.
     message = str(exc)
-    if "$." in message:
-        field = message.split("$.", 1)[1].split("`", 1)[0].split()[0]
-        return f"{message} (set {PREFIX}{field.upper()})"
-    return message
+    if "$." not in message:
+        return f"invalid setting: {message}"
+    field = message.split("$.", 1)[1].split("`", 1)[0].split()[0].strip("'")
+    name = PREFIX + field.upper()
+    return f"invalid {name}={raw.get(field, '')!r}: {message.split(' - ')[0]}"

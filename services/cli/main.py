@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         service.add_argument("--database-url", help="overrides TIDINGS_DATABASE_URL")
         service.add_argument("--nats-url", help="overrides TIDINGS_NATS_URL")
 
-    migrate = commands.add_parser("migrate", help="migrate the database to the latest")
+    migrate = commands.add_parser(
+        "migrate", help="migrate the database to the latest revision"
+    )
     migrate.add_argument("--database-url", help="overrides TIDINGS_DATABASE_URL")
     return parser
 

@@ -48,8 +48,10 @@ def run_up(settings: Settings, data_dir: str) -> int:
         _say(f"migrating {_redact(settings.database_url)}")
         upgrade(settings.database_url)
         demo = asyncio.run(seed_demo(settings.database_url))
+        # The demo is on unless TIDINGS_DEMO says otherwise.
+        demo_on = settings.demo or f"{PREFIX}DEMO" not in os.environ
         settings = settings.replace(
-            demo=True, admin_users=settings.admin_users or ADMIN_EMAIL
+            demo=demo_on, admin_users=settings.admin_users or ADMIN_EMAIL
         )
         env = {**os.environ, **settings_env(settings)}
         for name in SERVICES:
@@ -150,11 +152,19 @@ def _print_endpoints(endpoints: dict, root: Path) -> None:
         f"  stream      {endpoints['stream_url']}",
         f"  API         {endpoints['api_url']}",
         f"  demo page   {endpoints['demo_url']}",
-        "  demo users (API keys):",
+        "  demo users (id, email, API key):",
     ]
     for user in endpoints["users"]:
         role = " (admin)" if user["is_admin"] else ""
-        lines.append(f"    {user['email']:<20} {user['api_key']}{role}")
+        lines.append(
+            f"    {user['id']:>3}  {user['email']:<20} {user['api_key']}{role}"
+        )
+    anonymous = endpoints["anonymous_session"]
+    if anonymous:
+        lines.append(
+            f"    anonymous session #{anonymous['session_id']} "
+            f"with history #{anonymous['history_id']}"
+        )
     lines.append(f"  written to {root / 'endpoints.json'}; press Ctrl-C to stop")
     print("\n".join(lines), flush=True)
 
