@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +18,9 @@ from tidings.shared.embedded import free_port
 
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 40.0
+# `tidings up` kills a child that has not stopped 20 s after SIGTERM; a clean
+# stop takes a few seconds, so a stop slower than this means a child hung.
+CLEAN_STOP_SECONDS = 15.0
 
 
 def _start_up(data_dir: Path, log_path: Path) -> subprocess.Popen:
@@ -56,10 +60,12 @@ async def _wait_for_endpoints(path: Path, proc: subprocess.Popen, log: Path) -> 
 
 
 async def _stop(proc: subprocess.Popen) -> int:
+    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
         while proc.poll() is None:
             await asyncio.sleep(0.1)
+    assert time.monotonic() - started < CLEAN_STOP_SECONDS
     return proc.returncode
 
 
@@ -76,6 +82,8 @@ async def _deliver_change(endpoints: dict) -> None:
         finally:
             await conn.close()
         frame = await stream.next_event(timeout=20)
+        # Stop while the enricher waits in a fetch, as it does when idle.
+        await asyncio.sleep(1.5)
     assert frame.event == "history_update"
     assert json.loads(frame.data)["history_ids"] == [str(history_id)]
 
@@ -92,7 +100,10 @@ async def test_up_serves_and_stops(tmp_path: Path):
         code = await _stop(proc)
 
     assert code == 0, log.read_text()[-3000:]
-    assert "tidings up: stopped" in log.read_text()
+    output = log.read_text()
+    assert "tidings up: stopped" in output
+    for service in ("bridge", "enricher", "edge", "api"):
+        assert f'"{service} stopped"' in output, service
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
     keys = {u["email"]: u["api_key"] for u in endpoints["users"]}
     assert set(keys) == {"admin@example.org", "alice@example.org", "bob@example.org"}

@@ -82,7 +82,10 @@ class Enricher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._nc is not None:
-            await self._nc.drain()
+            # Not drain(): a pull request cancelled mid-fetch would keep drain
+            # waiting for its full timeout. Acks are flushed by close().
+            await self._nc.flush()
+            await self._nc.close()
         if self._pool is not None:
             await self._pool.close()
         log.info("enricher stopped")
