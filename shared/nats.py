@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -22,14 +23,24 @@ from tidings.shared.subjects import (
 log = get_logger(__name__)
 
 
-async def connect_nats(settings: Settings, name: str) -> Client:
-    """Connect to NATS, retrying forever when the server goes away later."""
+async def connect_nats(
+    settings: Settings,
+    name: str,
+    after_reconnect: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
+    """Connect to NATS, retrying forever when the server goes away later.
+
+    `after_reconnect` runs after each reconnection, for a caller that must
+    check what the server kept while it was away.
+    """
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", client=name)
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", client=name)
+        if after_reconnect is not None:
+            await after_reconnect()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", client=name, error=str(exc))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -40,6 +41,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     demo: bool = False
     log_format: str = "auto"
     log_level: str = "INFO"
+    bridge_mode: Literal["listen", "poll", "auto"] = "auto"
+    bridge_coalesce_ms: float = 100.0
+    bridge_overlap_seconds: float = 10.0
+    bridge_poll_interval_seconds: float = 1.0
+    bridge_lease_seconds: float = 2.0
+    bridge_audit_retention_seconds: float = 7 * 24 * 3600.0
 
     @property
     def admin_emails(self) -> frozenset[str]:
