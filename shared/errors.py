@@ -15,3 +15,7 @@ class EmbeddedServerError(TidingsError):
 
 class BridgeError(TidingsError):
     """The bridge cannot turn database changes into stream messages."""
+
+
+class MigrationError(TidingsError):
+    """Installing or removing database objects failed."""

@@ -57,6 +57,11 @@ class Relay:
         """Number of keys waiting to be read and published."""
         return len(self._ready)
 
+    @property
+    def coalescing(self) -> int:
+        """Number of keys inside a coalescing window."""
+        return self._coalescer.open_windows
+
     async def run(self) -> None:
         """Publish ready keys until cancelled."""
         async with asyncio.TaskGroup() as tasks:

@@ -136,6 +136,7 @@ class Bridge:
             "published": publisher.stored if publisher else 0,
             "duplicates": publisher.duplicates if publisher else 0,
             "backlog": leading.relay.backlog if leading else 0,
+            "coalescing": leading.relay.coalescing if leading else 0,
         }
 
     async def _run(self) -> None:
