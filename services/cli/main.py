@@ -131,6 +131,11 @@ def _attach_triggers(database_url: str, *, install: bool) -> int:
         else:
             dropped, kept = asyncio.run(remove_triggers(database_url))
             log.info("triggers removed", dropped_functions=dropped, kept_functions=kept)
+    except asyncpg.exceptions.UndefinedTableError as exc:
+        raise MigrationError(
+            f"{action} triggers failed: {exc}. --triggers-only attaches to a "
+            "database that has Galaxy's tables; run `tidings migrate` to create them"
+        ) from exc
     except (OSError, asyncpg.PostgresError) as exc:
         raise MigrationError(f"{action} triggers failed: {exc}") from exc
     return 0
