@@ -9,6 +9,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.bridge import bridge_table, run_bridge_bench
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
 
@@ -59,6 +60,20 @@ Postgres, NATS and the four services run on the same machine, started by
     OUTPUT.write_text(text)
 
 
+def _append_bridge(table: str) -> None:
+    text = f"""
+## Bridge: throughput and commit-to-JetStream latency
+
+The bridge alone, as its own process, with Postgres (fsync on) and NATS on
+the same machine and the load generator in the benchmark's process
+(`bench/bridge.py`).
+
+{table}
+"""
+    with OUTPUT.open("a") as output:
+        output.write(text)
+
+
 def main() -> None:
     """Run the benchmarks, print the table and write it to BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -66,11 +81,23 @@ def main() -> None:
     parser.add_argument(
         "--baseline-changes", type=int, default=10, help="changes seen by polling"
     )
+    parser.add_argument(
+        "--bridge-changes",
+        type=int,
+        default=40_000,
+        help="changes in the bridge throughput run (0 skips the bridge benchmark)",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
     print(table)
     _write(table)
+    if args.bridge_changes:
+        print("bridge throughput and latency", flush=True)
+        runs = asyncio.run(run_bridge_bench(args.bridge_changes))
+        bridge = bridge_table(runs)
+        print(bridge)
+        _append_bridge(bridge)
     print(f"written to {OUTPUT}")
 
 
