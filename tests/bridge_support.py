@@ -49,7 +49,7 @@ class ChangeLog:
         return info.state.subjects or {}
 
     async def has(self, kind: str, key: object) -> bool:
-        """Whether the stream holds a change of this key."""
+        """Whether the stream contains a change of this key."""
         return await self.last(kind, key) is not None
 
     async def last(self, kind: str, key: object) -> Change | None:
@@ -156,7 +156,7 @@ class BridgeProcess:
         return f"http://127.0.0.1:{self.settings.bridge_port}/healthz"
 
     async def health(self) -> dict | None:
-        """Return the `/healthz` body, or None while the process does not answer."""
+        """Return the `/healthz` body, or None while the process does not respond."""
         try:
             async with httpx.AsyncClient(timeout=2) as client:
                 response = await client.get(self.health_url)

@@ -19,7 +19,7 @@ HISTORY_KIND = "history"
 # A change's kind and key, e.g. ("history", "42").
 ChangeKey = tuple[str, str]
 
-# max() over one key is answered from the end of an index, whatever the
+# max() over one key is read from the end of an index, whatever the
 # number of rows the key has.
 _HISTORY_LATEST = """
 SELECT ids.id::text AS key,

@@ -1,9 +1,10 @@
 """Catch-up and polling: publish what the audit tables hold after a watermark.
 
 The watermark is the commit time of the last change in `TIDINGS_CHANGES`, so
-it follows what JetStream holds: if the stream lost its tail (JetStream
-acknowledges before it syncs to disk by default), the watermark moves back
-and the lost changes are published again from Postgres, the source of truth.
+it follows what JetStream stores. JetStream acknowledges before it syncs to
+disk by default, so a crash can lose the stream's tail. The watermark then
+moves back, and the lost changes are published again from Postgres, the
+source of truth.
 An empty stream gives no watermark, and the scan then reaches back as far as
 the stream keeps changes.
 

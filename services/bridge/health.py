@@ -13,7 +13,7 @@ def bridge_health_app(
 ) -> Litestar:
     """App serving `/healthz` and `/readyz`, both with the bridge's status fields.
 
-    The status names the role (`starting`, `standby` or `leader`), the feed of
+    The status names the role (`connecting`, `standby` or `leader`), the feed of
     the leader (`listen` or `poll`) and the count of changes it stored.
     """
 

@@ -4,7 +4,7 @@ The lock lives on a dedicated connection, which is also the one that LISTENs.
 Postgres releases the lock when that session ends, so when the leader is
 killed or its connection breaks, a standby that retries the lock every
 quarter lease takes over. A leader cut off by a half-open TCP connection is
-ended by the server itself: the leader sets `idle_session_timeout` to the
+ended by the server itself. The leader sets `idle_session_timeout` to the
 lease on its session (Postgres 14 and later) and sends a keepalive query every
 quarter lease, so only a silent leader is timed out. The same keepalive tells
 the leader promptly that its connection is dead.
@@ -29,7 +29,7 @@ APPLICATION_NAME = "tidings-bridge"
 
 
 class LeadershipLostError(BridgeError):
-    """The lock connection ended or stopped answering, so the lock is gone."""
+    """The lock connection ended or stopped responding, so the lock is gone."""
 
 
 class Lease:

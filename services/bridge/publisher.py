@@ -1,9 +1,9 @@
 """Publishing changes to `TIDINGS_CHANGES`, many in flight at once.
 
-Every message carries a `Nats-Msg-Id` derived from the audit row it reports,
-so JetStream stores a change published twice (a retry, or the last act of an
-old leader followed by the catch-up of a new one) only once, provided both
-copies arrive within the stream's duplicate window.
+Every message carries a `Nats-Msg-Id` derived from the audit row it reports.
+JetStream therefore stores a change published twice only once, provided both
+copies arrive within the stream's duplicate window. A retry publishes twice,
+and so do an old leader's last act and a new leader's catch-up.
 """
 
 from __future__ import annotations

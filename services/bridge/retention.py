@@ -1,7 +1,7 @@
 """Pruning audit rows that the bridge has published, so the tables stay bounded.
 
 A row is pruned once it is older than the retention age and, when the stream
-holds changes, older than its watermark less the overlap window, so a
+contains changes, older than its watermark less the overlap window, so a
 catch-up never needs it.
 The newest row of each key is kept, so the key's newest audit time stays
 readable. Rows go in batches of `BATCH_SIZE`, each its own short transaction,

@@ -4,8 +4,8 @@ Bridges of one database elect a leader through a Postgres advisory lock
 (leader.py); the others wait as standbys. The leader:
 
 1. LISTENs on the trigger channels once a NOTIFY round trip has shown that
-   notifications get through, or polls the audit tables when told to or when
-   they do not (listener.py, catchup.py);
+   notifications get through, or polls the audit tables when configured to
+   or when they do not (listener.py, catchup.py);
 2. catches up from the watermark that the stream holds (catchup.py), and
    again whenever NATS comes back;
 3. coalesces repeated changes of a key and publishes each change with a
@@ -59,7 +59,7 @@ log = get_logger(__name__)
 
 @dataclass
 class _Leading:
-    """What the leader runs while it holds the lock."""
+    """Tasks of the leader while it holds the lock."""
 
     relay: Relay
     scanner: AuditScanner
@@ -89,7 +89,7 @@ class Bridge:
         )
 
     async def start(self) -> None:
-        """Connect, and return once this bridge leads or stands by.
+        """Connect, and return once this bridge is the leader or a standby.
 
         Raises `BridgeError` when Postgres cannot be reached, or when
         `TIDINGS_BRIDGE_MODE=listen` and LISTEN does not hear a NOTIFY.
@@ -122,7 +122,7 @@ class Bridge:
         log.info("bridge stopped")
 
     def is_ready(self) -> bool:
-        """Whether NATS is connected and the bridge leads or stands by."""
+        """Whether NATS is connected and the bridge is the leader or a standby."""
         connected = self._nc is not None and self._nc.is_connected
         return connected and self.role in ("leader", "standby")
 

@@ -1,9 +1,9 @@
 """`tidings migrate --triggers-only` and `--remove-triggers`.
 
 These attach Tidings to a database whose tables already exist, such as a
-Galaxy database, without Alembic: the first installs the audit and notify
-triggers (and the `tidings_change_audit` table) and can run any number of
-times; the second removes them again.
+Galaxy database, without Alembic. The first installs the audit and notify
+triggers and the `tidings_change_audit` table, and can run any number of
+times. The second removes the triggers again.
 
 Galaxy installs history audit functions of the same names itself. The
 install marks each function it creates with a comment, and the removal drops
