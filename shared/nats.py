@@ -26,21 +26,25 @@ log = get_logger(__name__)
 async def connect_nats(
     settings: Settings,
     name: str,
-    after_reconnect: Callable[[], Awaitable[None]] | None = None,
+    *,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+    reconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect to NATS, retrying forever when the server goes away later.
 
-    `after_reconnect` runs after each reconnection, for a caller that must
-    check what the server kept while it was away.
+    `disconnected` and `reconnected`, when given, are awaited after the
+    connection is lost and after it is back with every subscription renewed.
     """
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", client=name)
+        if disconnected is not None:
+            await disconnected()
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", client=name)
-        if after_reconnect is not None:
-            await after_reconnect()
+        if reconnected is not None:
+            await reconnected()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", client=name, error=str(exc))

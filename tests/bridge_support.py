@@ -164,6 +164,13 @@ class BridgeProcess:
             return None
         return response.json()
 
+    async def metric(self, name: str) -> float | None:
+        """Return the value of one sample of `/metrics`, or None when absent."""
+        url = f"http://127.0.0.1:{self.settings.bridge_port}/metrics"
+        async with httpx.AsyncClient(timeout=2) as client:
+            response = await client.get(url)
+        return metric_value(response.text, name)
+
     async def wait_for_role(self, role: str, timeout: float) -> dict:
         """Wait until `/healthz` reports `role`; return the body."""
         body: dict | None = None
@@ -198,3 +205,12 @@ class BridgeProcess:
     def log_tail(self, chars: int = 3000) -> str:
         """Return the end of the process's log."""
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """Return the value of the sample `name` in Prometheus text, or None."""
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == name:
+            return float(value)
+    return None

@@ -11,10 +11,12 @@ import asyncpg
 import httpx
 import nats
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.bridge_support import (
     ChangeLog,
     audit_times,
+    metric_value,
     wait_for_audit_times,
     wait_until,
 )
@@ -152,22 +154,28 @@ async def test_coalescing_leading_and_trailing(
     start_bridge: StartBridge, db: asyncpg.Pool, changes: ChangeLog
 ):
     """50 quick updates of one history give one leading and one trailing change."""
-    window_ms = 300
+    window_ms = 500
     history = await create_history(db, None, "busy")
     bridge = await start_bridge(bridge_coalesce_ms=window_ms)
     await wait_until(lambda: changes.has("history", history), 10, "insert change")
     await wait_until(lambda: _windows_closed(bridge), 10, "the insert's window closing")
+    inserted = await changes.last("history", history)
 
-    started = time.monotonic()
+    async def leading_published() -> bool:
+        return await changes.last("history", history) != inserted
+
+    update = "UPDATE history SET name = $2 WHERE id = $1"
     async with db.acquire() as conn:
-        for i in range(50):
-            await conn.execute(
-                "UPDATE history SET name = $2 WHERE id = $1", history, str(i)
-            )
-    elapsed_ms = (time.monotonic() - started) * 1000
+        started = time.monotonic()
+        await conn.execute(update, history, "0")
+        # Waiting for the leading change makes sure it was read before the
+        # other updates, so that it cannot already carry the last one.
+        await wait_until(leading_published, 10, "the leading change")
+        for i in range(1, 50):
+            await conn.execute(update, history, str(i))
+        elapsed_ms = (time.monotonic() - started) * 1000
     expected = await wait_for_audit_times(db, changes, 10)
-    barrier = await create_history(db, None, "barrier")
-    await wait_until(lambda: changes.has("history", barrier), 10, "barrier change")
+    await wait_until(lambda: _windows_closed(bridge), 10, "the last window closing")
 
     assert elapsed_ms < window_ms, "the updates must fit in one window"
     times = (await changes.by_key())[("history", str(history))]
@@ -347,6 +355,23 @@ async def test_retention_prunes_published_rows(
     assert deleted == 3 + 1
 
 
+async def test_metrics_follow_leadership(
+    start_bridge: StartBridge, db: asyncpg.Pool, changes: ChangeLog
+):
+    """`/metrics` shows the leader gauge and the commit-to-ack histogram."""
+    bridge = await start_bridge()
+    history = await create_history(db, None, "measured")
+    await wait_until(lambda: changes.has("history", history), 10, "the change")
+    url = f"http://127.0.0.1:{bridge.settings.bridge_port}/metrics"
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(url)).text
+    await bridge.stop()
+
+    assert metric_value(text, "tidings_bridge_leader") == 1
+    assert metric_value(text, "tidings_bridge_commit_to_ack_seconds_count") >= 1
+    assert REGISTRY.get_sample_value("tidings_bridge_leader") == 0
+
+
 async def test_self_test_fails_when_notify_unheard(servers: Servers, db: asyncpg.Pool):
     """LISTEN that cannot hear a NOTIFY is rejected with an error naming the fix."""
     other_url = await _create_database(servers, db, "tidings_unheard")
@@ -379,6 +404,15 @@ def test_invalid_bridge_mode_rejected():
         load_settings({"TIDINGS_BRIDGE_MODE": "sometimes"})
 
     assert "TIDINGS_BRIDGE_MODE" in str(raised.value)
+
+
+def test_zero_lease_rejected():
+    """A lease of zero or less is rejected with the variable's name."""
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings({"TIDINGS_BRIDGE_LEASE_SECONDS": "0"})
+
+    assert "TIDINGS_BRIDGE_LEASE_SECONDS" in str(raised.value)
+    assert "Expected `float` > 0.0" in str(raised.value)
 
 
 def test_coalescing_window_defaults_to_100_ms():

@@ -92,6 +92,8 @@ async def test_killed_leader_standby_takes_over(
             before_kill = await second.health()
             assert before_kill is not None
             assert before_kill["published"] == 0, "the standby published"
+            assert await second.metric("tidings_bridge_leader") == 0
+            assert await first.metric("tidings_bridge_leader") == 1
             first.kill()
             killed_at = time.monotonic()
 
@@ -114,6 +116,8 @@ async def test_killed_leader_standby_takes_over(
     final = await second.health()
     assert final is not None
     assert final["published"] > 0
+    assert await second.metric("tidings_bridge_leader") == 1
+    assert await second.metric("tidings_bridge_changes_published_total") > 0
     log = second.log_path.read_text()
     assert '"event": "bridge is standby: another bridge holds the lock"' in log
     assert '"event": "bridge is leader"' in log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -12,14 +13,24 @@ import asyncpg
 import pytest
 
 from tests.conftest import Servers
+from tidings.cli.triggers import trigger_functions
 from tidings.shared.migrate import upgrade
 from tidings.shared.triggers import install_statements
 
-TRIGGERS = """
-SELECT count(*) FROM pg_trigger
-WHERE NOT tgisinternal
-  AND (tgname LIKE 'trigger_history_audit_%' OR tgname LIKE 'trigger_tidings_%')
-"""
+_TRIGGER_NAME = re.compile(r"CREATE TRIGGER (\w+)")
+TRIGGERS = "SELECT count(*) FROM pg_trigger WHERE tgname = ANY($1::text[])"
+
+
+def _trigger_names(statements: list[str]) -> list[str]:
+    return [m.group(1) for s in statements if (m := _TRIGGER_NAME.search(s))]
+
+
+def _galaxy_statements() -> list[str]:
+    """The statements of the history audit triggers, which Galaxy has of its own."""
+    return [s for s in install_statements() if "tidings" not in s]
+
+
+ALL_TRIGGERS = _trigger_names(install_statements())
 
 
 @pytest.fixture
@@ -65,7 +76,9 @@ async def _audit_rows_after_writes(conn: asyncpg.Connection) -> tuple[int, int]:
         "WHERE table_name = 'tidings_change_audit'"
     )
     if change_rows:
-        change_rows = await conn.fetchval("SELECT count(*) FROM tidings_change_audit")
+        change_rows = await conn.fetchval(
+            "SELECT count(*) FROM tidings_change_audit WHERE kind = 'notification'"
+        )
     return history_rows, change_rows
 
 
@@ -73,15 +86,15 @@ async def test_triggers_only_install_twice_then_remove(tables_only: str):
     """Installing twice leaves one set of working triggers; removal drops them."""
     conn = await asyncpg.connect(tables_only)
     try:
-        assert await conn.fetchval(TRIGGERS) == 0
+        assert await conn.fetchval(TRIGGERS, ALL_TRIGGERS) == 0
 
         first = _tidings("migrate", "--triggers-only", database_url=tables_only)
         second = _tidings("migrate", "--triggers-only", database_url=tables_only)
-        installed = await conn.fetchval(TRIGGERS)
+        installed = await conn.fetchval(TRIGGERS, ALL_TRIGGERS)
         audited = await _audit_rows_after_writes(conn)
 
         removed = _tidings("migrate", "--remove-triggers", database_url=tables_only)
-        remaining = await conn.fetchval(TRIGGERS)
+        remaining = await conn.fetchval(TRIGGERS, ALL_TRIGGERS)
         history_rows, change_rows = await _audit_rows_after_writes(conn)
         versions = await conn.fetchval("SELECT version_num FROM alembic_version")
     finally:
@@ -89,7 +102,8 @@ async def test_triggers_only_install_twice_then_remove(tables_only: str):
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    assert installed == 8  # INSERT and UPDATE on three history tables and notification
+    assert len(ALL_TRIGGERS) >= 8  # INSERT and UPDATE of 3 history tables, notification
+    assert installed == len(ALL_TRIGGERS)
     assert audited == (2, 1)
     assert removed.returncode == 0, removed.stderr
     assert remaining == 0
@@ -97,26 +111,34 @@ async def test_triggers_only_install_twice_then_remove(tables_only: str):
     assert versions == "0001"  # Alembic's own record is left alone
 
 
+def test_trigger_functions_found():
+    """The install's functions are read from the trigger SQL itself."""
+    functions = trigger_functions()
+
+    assert "fn_audit_history_by_history_id" in functions
+    assert "fn_audit_history_by_id" in functions
+    assert "tidings_record_change" in functions
+
+
 async def test_remove_keeps_preexisting_history_triggers(tables_only: str):
     """Removal keeps history audit functions that existed before the install."""
     conn = await asyncpg.connect(tables_only)
     try:
         # Galaxy installs history audit functions of the same names itself.
-        for statement in install_statements():
-            if "tidings" not in statement:
-                await conn.execute(statement)
-        galaxy_triggers = await conn.fetchval(TRIGGERS)
+        for statement in _galaxy_statements():
+            await conn.execute(statement)
+        galaxy_triggers = await conn.fetchval(TRIGGERS, ALL_TRIGGERS)
 
         installed = _tidings("migrate", "--triggers-only", database_url=tables_only)
         removed = _tidings("migrate", "--remove-triggers", database_url=tables_only)
-        remaining = await conn.fetchval(TRIGGERS)
+        remaining = await conn.fetchval(TRIGGERS, ALL_TRIGGERS)
         history_rows, _ = await _audit_rows_after_writes(conn)
     finally:
         await conn.close()
 
     assert installed.returncode == 0, installed.stderr
     assert removed.returncode == 0, removed.stderr
-    assert galaxy_triggers == 6
+    assert galaxy_triggers == 6  # INSERT and UPDATE of 3 history tables
     assert remaining == 6
     assert history_rows == 2
 

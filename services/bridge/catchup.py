@@ -27,6 +27,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from tidings.bridge import metrics
 from tidings.bridge.audit import ChangeKey, changed_since, database_now
 from tidings.shared.events import change_decoder
 from tidings.shared.logs import get_logger
@@ -147,6 +148,7 @@ class AuditScanner:
         fresh = await not_in_stream(self._js, found, watermark)
         for key in fresh:
             self._offer(key)
+        metrics.CATCHUP_ROWS.inc(len(fresh))
         self._seen = dict(found)
         self._cursor = max(found.values(), default=since + self._overlap)
         log.info(
@@ -172,6 +174,7 @@ class AuditScanner:
         self._cursor = max([self._cursor, *found.values()])
         horizon = self._cursor - self._overlap
         self._seen = {key: time for key, time in self._seen.items() if time > horizon}
+        metrics.CHANGES_RECEIVED.inc(offered)
         if offered:
             log.debug("poll found changes", offered=offered)
         return offered

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from tidings.bridge import metrics
 from tidings.bridge.audit import ChangeKey
 
 
@@ -45,6 +46,7 @@ class Coalescer:
         window = self._windows.get(key)
         if window is not None:
             window.pending = True
+            metrics.CHANGES_COALESCED.inc()
             return
         self._open(key)
         self._emit(key)

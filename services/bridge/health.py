@@ -1,4 +1,4 @@
-"""Health endpoints of the bridge, reporting its role as well as its state."""
+"""Health and metrics endpoints of the bridge; health reports its role too."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import Callable
 from litestar import Litestar, MediaType, get
 from litestar.response import Response
 
+from tidings.shared.metrics import metrics
+
 
 def bridge_health_app(
     status: Callable[[], dict[str, object]], ready: Callable[[], bool]
 ) -> Litestar:
-    """App serving `/healthz` and `/readyz`, both with the bridge's status fields.
+    """App serving `/healthz` and `/readyz` with the bridge's status, and `/metrics`.
 
     The status names the role (`connecting`, `standby` or `leader`), the feed of
     the leader (`listen` or `poll`) and the count of changes it stored.
@@ -27,4 +29,6 @@ def bridge_health_app(
             return Response({"status": "ready", **status()})
         return Response({"status": "not ready", **status()}, status_code=503)
 
-    return Litestar([healthz, readyz], openapi_config=None, logging_config=None)
+    return Litestar(
+        [healthz, readyz, metrics], openapi_config=None, logging_config=None
+    )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from tidings.bridge import metrics
 from tidings.bridge.audit import HISTORY_KIND, ChangeKey
 from tidings.bridge.leader import Lease
 from tidings.shared.errors import BridgeError
@@ -83,6 +84,7 @@ async def listen_for_changes(
     def on_history(_conn, _pid: int, _channel: str, payload: str) -> None:
         # history.id is a Postgres integer (int4).
         if payload.isdigit() and int(payload) < 2**31:
+            metrics.CHANGES_RECEIVED.inc()
             offer((HISTORY_KIND, payload))
         else:
             log.warning(
@@ -92,6 +94,7 @@ async def listen_for_changes(
     def on_change(_conn, _pid: int, _channel: str, payload: str) -> None:
         kind, sep, key = payload.partition(":")
         if sep and kind and key:
+            metrics.CHANGES_RECEIVED.inc()
             offer((kind, key))
         else:
             log.warning(

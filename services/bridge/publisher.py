@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from tidings.bridge import metrics
 from tidings.shared.events import Change, encode
 from tidings.shared.subjects import change_subject
 
@@ -74,8 +75,11 @@ class Publisher:
         for future in done:
             if future.exception() is not None:
                 failed.append(pending[future])
-            elif future.result().duplicate:
+                continue
+            metrics.CHANGES_PUBLISHED.inc()
+            if future.result().duplicate:
                 self.duplicates += 1
+                metrics.CHANGES_DUPLICATE.inc()
             else:
                 self.stored += 1
         return failed + unsent

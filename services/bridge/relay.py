@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 
 import asyncpg
 
+from tidings.bridge import metrics
 from tidings.bridge.audit import ChangeKey, latest_times
 from tidings.bridge.coalesce import Coalescer
 from tidings.bridge.publisher import Publisher, change_msg_id
@@ -44,7 +45,10 @@ class Relay:
         self._pool = pool
         self._publisher = publisher
         self._on_published = on_published
-        self._ready: dict[ChangeKey, None] = {}
+        # Keys waiting to be published, with the monotonic time each began
+        # to wait; `_in_flight` holds those of the batch being published.
+        self._ready: dict[ChangeKey, float] = {}
+        self._in_flight: dict[ChangeKey, float] = {}
         self._has_ready = asyncio.Event()
         self._coalescer = Coalescer(coalesce_seconds, self._mark_ready)
 
@@ -57,6 +61,11 @@ class Relay:
         """Number of keys waiting to be read and published."""
         return len(self._ready)
 
+    def oldest_wait_seconds(self) -> float:
+        """Return how long the longest-waiting unpublished key has waited, or 0."""
+        waiting = [*self._ready.values(), *self._in_flight.values()]
+        return time.monotonic() - min(waiting) if waiting else 0.0
+
     @property
     def coalescing(self) -> int:
         """Number of keys inside a coalescing window."""
@@ -68,8 +77,8 @@ class Relay:
             tasks.create_task(self._coalescer.run())
             tasks.create_task(self._publish_ready())
 
-    def _mark_ready(self, key: ChangeKey) -> None:
-        self._ready[key] = None
+    def _mark_ready(self, key: ChangeKey, since: float | None = None) -> None:
+        self._ready.setdefault(key, time.monotonic() if since is None else since)
         self._has_ready.set()
 
     async def _publish_ready(self) -> None:
@@ -87,10 +96,11 @@ class Relay:
                 await backoff.sleep()
             else:
                 backoff.reset()
+            self._in_flight.clear()
 
     def _retry_later(self, keys: list[ChangeKey], exc: Exception) -> None:
         for key in keys:
-            self._mark_ready(key)
+            self._mark_ready(key, self._in_flight.get(key))
         log.warning(
             "publishing changes failed; retrying",
             keys=len(keys),
@@ -104,7 +114,7 @@ class Relay:
             if len(batch) == MAX_BATCH:
                 break
         for key in batch:
-            del self._ready[key]
+            self._in_flight[key] = self._ready.pop(key)
         if not self._ready:
             self._has_ready.clear()
         return batch
@@ -135,6 +145,7 @@ class Relay:
             if key not in unacked:
                 self._coalescer.record_published(key, change.commit_time)
                 self._on_published(change)
+                metrics.PUBLISH_LATENCY.observe(_seconds_since(change.commit_time))
         if failed:
             raise PublishFailedError(failed_keys, len(changes))
         if changes:
@@ -145,6 +156,10 @@ class Relay:
                 backlog=len(self._ready),
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+
+
+def _seconds_since(moment: datetime) -> float:
+    return max(0.0, (datetime.now(UTC) - moment).total_seconds())
 
 
 class PublishFailedError(BridgeError):

@@ -28,6 +28,7 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from tidings.bridge import metrics
 from tidings.bridge.audit import ChangeKey
 from tidings.bridge.catchup import AuditScanner, start_of_scan
 from tidings.bridge.health import bridge_health_app
@@ -82,6 +83,7 @@ class Bridge:
         self._leading: _Leading | None = None
         self._task: asyncio.Task | None = None
         self._started: asyncio.Future[None] | None = None
+        self._listen_sessions = 0
         self._http = HttpServer(
             bridge_health_app(self.status, self.is_ready),
             settings.host,
@@ -96,7 +98,7 @@ class Bridge:
         """
         self._dsn = asyncpg_dsn(self.settings.database_url)
         self._nc = await connect_nats(
-            self.settings, "bridge", after_reconnect=self._after_nats_reconnect
+            self.settings, "bridge", reconnected=self._after_nats_reconnect
         )
         self._js = self._nc.jetstream()
         await ensure_streams(self._js, self.settings)
@@ -185,9 +187,12 @@ class Bridge:
         try:
             leading = await self._prepare(pool)
             mode = await self._open_feed(lease, pool, leading)
+            # NOTE: a leader that reaches Postgres but not NATS keeps the lock
+            # and retries its publishes; it does not hand over to a standby.
             self._leading, self.role, self.mode = leading, "leader", mode
             log.info("bridge is leader", mode=mode)
             self._settle()
+            self._count_session(mode, leading)
             poll_interval = settings.bridge_poll_interval_seconds
             await _run_until_one_fails(
                 lease.hold(),
@@ -198,6 +203,8 @@ class Bridge:
             )
         finally:
             self._leading = None
+            metrics.LEADER.set(0)
+            metrics.OLDEST_UNPUBLISHED_SECONDS.set_function(lambda: 0.0)
             pool.terminate()
 
     async def _prepare(self, pool: asyncpg.Pool) -> _Leading:
@@ -239,6 +246,18 @@ class Bridge:
             return "poll"
         await listen_for_changes(lease.conn, leading.offer)
         return "listen"
+
+    def _count_session(self, mode: str, leading: _Leading) -> None:
+        metrics.LEADER.set(1)
+        # NOTE: this is how long the oldest waiting change has been known to
+        # the bridge, which is shorter than its audit row's age after a gap.
+        metrics.OLDEST_UNPUBLISHED_SECONDS.set_function(
+            leading.relay.oldest_wait_seconds
+        )
+        if mode == "listen":
+            if self._listen_sessions:
+                metrics.LISTEN_RECONNECTS.inc()
+            self._listen_sessions += 1
 
     def _on_standby(self) -> None:
         self.role, self.mode = "standby", None

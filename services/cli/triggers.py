@@ -13,6 +13,8 @@ The removal keeps `tidings_change_audit` and the rows it holds.
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 
 from tidings.shared.db import asyncpg_dsn
@@ -20,12 +22,7 @@ from tidings.shared.triggers import install_statements
 
 MARKER = "installed by tidings migrate --triggers-only"
 
-# Functions that install_statements() creates; dropping one drops its triggers.
-FUNCTIONS = [
-    "fn_audit_history_by_history_id",
-    "fn_audit_history_by_id",
-    "tidings_record_change",
-]
+_FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION (\w+)\(")
 
 _EXISTING = """
 SELECT p.proname, obj_description(p.oid, 'pg_proc') AS comment
@@ -34,16 +31,30 @@ WHERE p.proname = ANY($1::text[]) AND p.pronamespace = current_schema()::regname
 """
 
 
+def trigger_functions() -> list[str]:
+    """Return the functions that `install_statements()` creates.
+
+    Dropping one of them with CASCADE drops its triggers as well.
+    """
+    names = []
+    for statement in install_statements():
+        match = _FUNCTION.search(statement)
+        if match is not None:
+            names.append(match.group(1))
+    return names
+
+
 async def install_triggers(database_url: str) -> list[str]:
     """Install every trigger in one transaction; return the functions it created."""
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         async with conn.transaction():
-            rows = await conn.fetch(_EXISTING, FUNCTIONS)
+            functions = trigger_functions()
+            rows = await conn.fetch(_EXISTING, functions)
             existing = {row["proname"] for row in rows}
             for statement in install_statements():
                 await conn.execute(statement)
-            created = [name for name in FUNCTIONS if name not in existing]
+            created = [name for name in functions if name not in existing]
             for name in created:
                 await conn.execute(f"COMMENT ON FUNCTION {name}() IS '{MARKER}'")
     finally:
@@ -61,7 +72,7 @@ async def remove_triggers(database_url: str) -> tuple[list[str], list[str]]:
     dropped, kept = [], []
     try:
         async with conn.transaction():
-            for row in await conn.fetch(_EXISTING, FUNCTIONS):
+            for row in await conn.fetch(_EXISTING, trigger_functions()):
                 name = row["proname"]
                 if row["comment"] == MARKER:
                     await conn.execute(f"DROP FUNCTION {name}() CASCADE")
