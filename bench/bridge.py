@@ -11,14 +11,14 @@ same cores.
   UPDATE to the consumer receiving the change, so it includes the UPDATE and
   its commit.
 - Throughput: 8 writers commit UPDATEs of distinct histories, as fast as
-  they can, until `changes` rows are written; once with 10 histories per
-  transaction and once with 50, which costs the writers less per change and
-  so offers more. Throughput is the changes stored divided by the time from
-  the first UPDATE sent to the last change received. When it equals the
-  offered rate, the bridge kept up and the writers were the limit. Zero loss
-  is checked: every audit row written must arrive with its time. Histories
-  repeat only after the whole set, long after the coalescing window, so no
-  change is merged.
+  they can, until `changes` rows are written. This runs once with 10
+  histories per transaction and once with 50. The second costs the writers
+  less per change, so it offers more. Throughput is the changes stored
+  divided by the time from the first UPDATE sent to the last change
+  received. When it equals the offered rate, the bridge kept up and the
+  writers were the limit. Zero loss is checked: every audit row written must
+  arrive with its time. Histories repeat only after the whole set, long after
+  the coalescing window, so no change is merged.
 
 The baseline is `bench.naive_bridge`: one SELECT and one awaited publish per
 NOTIFY.
@@ -74,7 +74,7 @@ class Throughput:
 
 @dataclass
 class BridgeRun:
-    """What one bridge achieved."""
+    """Results of one bridge: latencies and throughput runs."""
 
     name: str
     latency_rate: float
@@ -121,7 +121,7 @@ def _bridge_process(command: list[str], env: dict[str, str], log: Path):
 
 
 async def _reset(pool: asyncpg.Pool, nats_url: str) -> None:
-    """Empty the audit tables and the stream, so no run sees another's changes."""
+    """Empty the audit tables and the stream, so no run receives another's changes."""
     await pool.execute("TRUNCATE history_audit, tidings_change_audit")
     nc = await nats.connect(nats_url)
     js = nc.jetstream()

@@ -26,7 +26,7 @@ from tidings.bridge.listener import ListenUnavailableError, check_listen
 from tidings.bridge.retention import Retention
 from tidings.bridge.service import Bridge
 from tidings.shared.embedded import free_port
-from tidings.shared.errors import ConfigurationError
+from tidings.shared.errors import BridgeError, ConfigurationError
 from tidings.shared.settings import Settings, load_settings
 
 StartBridge = Callable[..., Awaitable[Bridge]]
@@ -396,6 +396,18 @@ async def _create_database(servers: Servers, db: asyncpg.Pool, name: str) -> str
     except asyncpg.exceptions.DuplicateDatabaseError:
         pass
     return servers.database_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def test_start_without_postgres_fails(settings: Settings):
+    """A bridge that cannot reach Postgres fails to start with a clear error."""
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    bridge = Bridge(settings.replace(database_url=unreachable))
+
+    with pytest.raises(BridgeError) as raised:
+        await bridge.start()
+
+    assert str(raised.value).startswith("cannot connect to Postgres:")
+    assert bridge.role == "connecting"
 
 
 def test_invalid_bridge_mode_rejected():

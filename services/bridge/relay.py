@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -40,13 +39,11 @@ class Relay:
         pool: asyncpg.Pool,
         publisher: Publisher,
         coalesce_seconds: float,
-        on_published: Callable[[Change], None] = lambda change: None,
     ):
         self._pool = pool
         self._publisher = publisher
-        self._on_published = on_published
         # Keys waiting to be published, with the monotonic time each began
-        # to wait; `_in_flight` holds those of the batch being published.
+        # to wait; `_in_flight` contains those of the batch being published.
         self._ready: dict[ChangeKey, float] = {}
         self._in_flight: dict[ChangeKey, float] = {}
         self._has_ready = asyncio.Event()
@@ -144,7 +141,6 @@ class Relay:
             key = (change.kind, change.key)
             if key not in unacked:
                 self._coalescer.record_published(key, change.commit_time)
-                self._on_published(change)
                 metrics.PUBLISH_LATENCY.observe(_seconds_since(change.commit_time))
         if failed:
             raise PublishFailedError(failed_keys, len(changes))

@@ -6,7 +6,7 @@ Bridges of one database elect a leader through a Postgres advisory lock
 1. LISTENs on the trigger channels once a NOTIFY round trip has shown that
    notifications get through, or polls the audit tables when configured to
    or when they do not (listener.py, catchup.py);
-2. catches up from the watermark that the stream holds (catchup.py), and
+2. catches up from the watermark of what the stream stores (catchup.py), and
    again whenever NATS comes back;
 3. coalesces repeated changes of a key and publishes each change with a
    `Nats-Msg-Id` derived from its audit row (relay.py, coalesce.py,
@@ -148,7 +148,9 @@ class Bridge:
                 lease = await acquire_leadership(
                     self._dsn, self.settings.bridge_lease_seconds, self._on_standby
                 )
-            except DATABASE_ERRORS as exc:
+            except Exception as exc:
+                # Any failure here, a refused password as much as a refused
+                # connection, means Postgres cannot be used yet.
                 error = BridgeError(f"cannot connect to Postgres: {_describe(exc)}")
                 if self._settle(error):
                     return
