@@ -214,3 +214,58 @@ def metric_value(text: str, name: str) -> float | None:
         if sample == name:
             return float(value)
     return None
+
+
+class FreezableProxy:
+    """A TCP proxy whose open connections can be frozen.
+
+    A frozen connection stays open at both ends but silently drops every
+    byte, as a network that loses all packets leaves a connection half-open.
+    Connections opened after the freeze work normally.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: list[dict] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        """Listen on a free port of 127.0.0.1; return it."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def freeze(self) -> int:
+        """Freeze every open connection; return how many were frozen."""
+        for link in self._links:
+            link["frozen"] = True
+        return len(self._links)
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _accept(self, reader, writer) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+        link = {"frozen": False}
+        self._links.append(link)
+        self._writers += [writer, upstream_writer]
+        await asyncio.gather(
+            self._pump(reader, upstream_writer, link),
+            self._pump(upstream_reader, writer, link),
+            return_exceptions=True,
+        )
+
+    @staticmethod
+    async def _pump(reader, writer, link: dict) -> None:
+        while data := await reader.read(65536):
+            if not link["frozen"]:
+                writer.write(data)
+                await writer.drain()

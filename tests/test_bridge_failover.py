@@ -14,6 +14,7 @@ import pytest
 from tests.bridge_support import (
     BridgeProcess,
     ChangeLog,
+    FreezableProxy,
     wait_for_audit_times,
     wait_until,
 )
@@ -121,6 +122,57 @@ async def test_killed_leader_standby_takes_over(
     log = second.log_path.read_text()
     assert '"event": "bridge is standby: another bridge holds the lock"' in log
     assert '"event": "bridge is leader"' in log
+
+
+async def test_half_open_leader_replaced(
+    settings: Settings, db: asyncpg.Pool, changes: ChangeLog, servers: Servers
+):
+    """A leader whose connections go silent loses the lock; nothing is lost."""
+    port = int(servers.database_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = FreezableProxy(port)
+    await proxy.start()
+    proxied = servers.database_url.replace(f":{port}/", f":{proxy.port}/")
+    cut_off = Bridge(settings.replace(database_url=proxied, bridge_port=free_port()))
+    standby = Bridge(settings.replace(bridge_port=free_port()))
+    try:
+        await cut_off.start()
+        await standby.start()
+        assert (cut_off.role, standby.role) == ("leader", "standby")
+        holder = await db.fetchval(_LOCK_HOLDER)
+
+        frozen = proxy.freeze()
+        await _burst(db, 200, writers=2, pause=0.01, on_progress=_ignore)
+        await wait_until(
+            lambda: _one_leader(cut_off, standby), 15, "a leader after the freeze"
+        )
+        expected = await wait_for_audit_times(db, changes, 15)
+        # The proxy still holds the silent session's socket open to Postgres,
+        # so only the server's idle_session_timeout can have ended it.
+        holder_alive = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", holder
+        )
+    finally:
+        await standby.stop()
+        await cut_off.stop()
+        await proxy.close()
+
+    assert frozen >= 2  # the lock connection and the pool's
+    assert holder_alive == 0
+    assert len(expected) == 200
+
+
+_LOCK_HOLDER = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+
+
+async def _ignore(done: int) -> None:
+    pass
+
+
+async def _one_leader(*bridges: Bridge) -> bool:
+    return [bridge.role for bridge in bridges].count("leader") == 1 and any(
+        bridge.status()["published"] > 0 and bridge.role == "leader"
+        for bridge in bridges
+    )
 
 
 @pytest.fixture
