@@ -107,21 +107,23 @@ class Bridge:
         self._task = asyncio.create_task(self._run())
         try:
             await self._started
+            await self._http.start()
         except BaseException:
             await self.stop()
             raise
-        await self._http.start()
         log.info("bridge started", role=self.role, mode=self.mode)
 
     async def stop(self) -> None:
         """Stop leading or waiting, release the lock and close every connection."""
-        await self._http.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
-        log.info("bridge stopped")
+        try:
+            await self._http.stop()
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            if self._nc is not None and not self._nc.is_closed:
+                await self._nc.drain()
+            log.info("bridge stopped")
 
     def is_ready(self) -> bool:
         """Whether NATS is connected and the bridge is the leader or a standby."""
