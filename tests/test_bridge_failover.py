@@ -146,7 +146,7 @@ async def test_half_open_leader_replaced(
             lambda: _one_leader(cut_off, standby), 15, "a leader after the freeze"
         )
         expected = await wait_for_audit_times(db, changes, 15)
-        # The proxy still holds the silent session's socket open to Postgres,
+        # The proxy keeps the silent session's socket open to Postgres,
         # so only the server's idle_session_timeout can have ended it.
         holder_alive = await db.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", holder
