@@ -9,14 +9,20 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.bridge import bridge_table, run_bridge_bench
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
 
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
+# The latency run changes one history back to back. The bridge's coalescing
+# would hold each change that follows another of the same history within its
+# window until the window ends, so it is off for this run.
+SYSTEM_ENV = {"TIDINGS_BRIDGE_COALESCE_MS": "0"}
+
 
 async def _latency_rows(changes: int, baseline_changes: int) -> list[dict]:
-    with running_system() as endpoints:
+    with running_system(SYSTEM_ENV) as endpoints:
         print(f"commit-to-frame latency over {changes} sequential changes", flush=True)
         tidings = await measure_tidings(endpoints, changes)
         user = next(u for u in endpoints["users"] if u["histories"])
@@ -59,6 +65,32 @@ Postgres, NATS and the four services run on the same machine, started by
     OUTPUT.write_text(text)
 
 
+def _append_bridge(table: str) -> None:
+    text = f"""
+## Bridge: throughput and commit-to-JetStream latency
+
+The bridge alone, as its own process, with Postgres (fsync on) and NATS on
+the same machine and the load generator in the benchmark's process
+(`bench/bridge.py`).
+
+{table}
+"""
+    with OUTPUT.open("a") as output:
+        output.write(text)
+
+
+def _append_coalescing_note() -> None:
+    text = """
+The latency run above sets `TIDINGS_BRIDGE_COALESCE_MS=0`, because it changes
+one history back to back. With the default 100 ms window, a change that
+follows another change of the same history within 100 ms is held until the
+window ends, so such a change waits up to 100 ms longer. A change to a history
+that did not change in the last 100 ms goes out at once either way.
+"""
+    with OUTPUT.open("a") as output:
+        output.write(text)
+
+
 def main() -> None:
     """Run the benchmarks, print the table and write it to BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -66,11 +98,24 @@ def main() -> None:
     parser.add_argument(
         "--baseline-changes", type=int, default=10, help="changes seen by polling"
     )
+    parser.add_argument(
+        "--bridge-changes",
+        type=int,
+        default=40_000,
+        help="changes in the bridge throughput run (0 skips the bridge benchmark)",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
     print(table)
     _write(table)
+    _append_coalescing_note()
+    if args.bridge_changes:
+        print("bridge throughput and latency", flush=True)
+        runs = asyncio.run(run_bridge_bench(args.bridge_changes))
+        bridge = bridge_table(runs)
+        print(bridge)
+        _append_bridge(bridge)
     print(f"written to {OUTPUT}")
 
 

@@ -19,3 +19,7 @@ class ServiceError(TidingsError):
 
 class BridgeError(TidingsError):
     """The bridge cannot turn database changes into stream messages."""
+
+
+class MigrationError(TidingsError):
+    """Installing or removing database objects failed."""

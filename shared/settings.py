@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -34,6 +35,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     events_max_age_seconds: float = 24 * 3600.0
     events_max_bytes: int = 1024**3
     changes_max_age_seconds: float = 24 * 3600.0
+    bridge_mode: Literal["listen", "poll", "auto"] = "auto"
+    bridge_coalesce_ms: Annotated[float, msgspec.Meta(ge=0)] = 100.0
+    bridge_overlap_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    bridge_poll_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    bridge_lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    bridge_audit_retention_seconds: Annotated[float, msgspec.Meta(ge=0)] = (
+        7 * 24 * 3600.0
+    )
     stream_replicas: int = 1
     api_key_cache_seconds: float = 60.0
     cors_origins: str = ""

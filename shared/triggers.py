@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS tidings_change_audit (
     """
 CREATE INDEX IF NOT EXISTS ix_tidings_change_audit_change_time
     ON tidings_change_audit (change_time)""",
+    # The bridge reads the newest audit time of given keys.
+    """
+CREATE INDEX IF NOT EXISTS ix_tidings_change_audit_kind_key
+    ON tidings_change_audit (kind, key, change_time)""",
 ]
 
 CHANGE_FUNCTION = f"""

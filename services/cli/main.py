@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", help="migrate the database to the latest revision"
     )
     migrate.add_argument("--database-url", help="overrides TIDINGS_DATABASE_URL")
+    attach = migrate.add_mutually_exclusive_group()
+    attach.add_argument(
+        "--triggers-only",
+        action="store_true",
+        help="install only the audit and notify triggers on a database whose tables "
+        "exist (such as Galaxy's), without Alembic; safe to repeat",
+    )
+    attach.add_argument(
+        "--remove-triggers",
+        action="store_true",
+        help="remove the triggers that --triggers-only installed",
+    )
     return parser
 
 
@@ -99,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.otel:
                 settings = settings.replace(otel="console")
             return run_up(settings, args.data_dir)
+        if args.command == "migrate" and (args.triggers_only or args.remove_triggers):
+            return _attach_triggers(settings.database_url, install=args.triggers_only)
         if args.command == "migrate":
             from tidings.shared.migrate import upgrade
 
@@ -109,6 +123,32 @@ def main(argv: list[str] | None = None) -> int:
     except TidingsError as exc:
         print(f"tidings: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _attach_triggers(database_url: str, *, install: bool) -> int:
+    import asyncpg
+
+    from tidings.cli.triggers import install_triggers, remove_triggers
+    from tidings.shared.db import asyncpg_dsn
+    from tidings.shared.errors import MigrationError
+
+    asyncpg_dsn(database_url)  # raises ConfigurationError when missing or invalid
+    action = "installing" if install else "removing"
+    try:
+        if install:
+            created = asyncio.run(install_triggers(database_url))
+            log.info("triggers installed", created_functions=created)
+        else:
+            dropped, kept = asyncio.run(remove_triggers(database_url))
+            log.info("triggers removed", dropped_functions=dropped, kept_functions=kept)
+    except asyncpg.exceptions.UndefinedTableError as exc:
+        raise MigrationError(
+            f"{action} triggers failed: {exc}. --triggers-only attaches to a "
+            "database that has Galaxy's tables; run `tidings migrate` to create them"
+        ) from exc
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise MigrationError(f"{action} triggers failed: {exc}") from exc
     return 0
 
 
