@@ -331,7 +331,9 @@ def bridge_table(runs: list[BridgeRun]) -> str:
         f"Throughput: {WRITERS} writers committing as fast as they can; "
         "`offered` is the rate the writers achieved, `stored` the changes "
         "stored per second from the first UPDATE to the last arrival, `lost` "
-        "the audit rows that never arrived:",
+        "the audit rows that never arrived. Where `stored` matches `offered`, "
+        "the bridge kept up and the writers, which share the cores, were the "
+        "limit:",
         "",
         "| bridge | changes per commit | changes | lost | offered (/s) | stored (/s) |",
         "|---|---:|---:|---:|---:|---:|",
