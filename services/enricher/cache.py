@@ -40,6 +40,10 @@ class AudienceCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.expires > time.monotonic()
+
     @property
     def generation(self) -> int:
         """Counter that grows with every invalidation.

@@ -40,8 +40,13 @@ class DeadLetters:
             SUBJECT_HEADER: msg.subject,
             SEQUENCE_HEADER: str(sequence),
             DELIVERIES_HEADER: str(deliveries),
-            "Nats-Msg-Id": f"dead:{sequence}",
         }
+        # The same change given up twice, after a crash between publishing and
+        # terminating, is stored once.
+        change_id = (msg.headers or {}).get(
+            "Nats-Msg-Id"
+        ) or f"{msg.subject}.{sequence}"
+        headers["Nats-Msg-Id"] = f"dead:{change_id}"
         subject = dead_letter_subject(msg.subject)
         await self._js.publish(subject, msg.data, headers=headers)
         await msg.term()

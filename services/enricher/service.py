@@ -93,6 +93,7 @@ class Enricher:
         self._feed: InvalidationFeed | None = None
         self._dead_letters: DeadLetters | None = None
         self._task: asyncio.Task | None = None
+        self._subscription: JetStreamContext.PullSubscription | None = None
         self._http = HttpServer(
             health_app(self.is_ready), settings.host, settings.enricher_port
         )
@@ -108,8 +109,8 @@ class Enricher:
         self._dead_letters = DeadLetters(self._js)
         self._feed = InvalidationFeed(self._js, self.cache)
         await self._feed.start()
-        subscription = await self._bind_consumer()
-        self._task = asyncio.create_task(self._consume(subscription))
+        self._subscription = await self._bind_consumer()
+        self._task = asyncio.create_task(self._consume(self._subscription))
         await self._http.start()
         log.info("enricher started", durable=ENRICHER_DURABLE)
 
@@ -119,6 +120,9 @@ class Enricher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._subscription is not None:
+            # Draining would wait for pull responses that no one reads now.
+            await self._subscription.unsubscribe()
         if self._feed is not None:
             await self._feed.stop()
         if self._nc is not None:
@@ -132,7 +136,7 @@ class Enricher:
         running = self._task is not None and not self._task.done()
         return running and self._nc is not None and self._nc.is_connected
 
-    async def _bind_consumer(self):
+    async def _bind_consumer(self) -> JetStreamContext.PullSubscription:
         assert self._js is not None
         # Adding a consumer that exists updates it, so a changed setting
         # (maximum deliveries, ack wait) takes effect on the shared consumer.
@@ -151,7 +155,7 @@ class Enricher:
             ENRICHER_DURABLE, stream=CHANGES_STREAM
         )
 
-    async def _consume(self, subscription) -> None:
+    async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         while True:
             try:
                 messages = await subscription.fetch(
