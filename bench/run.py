@@ -9,6 +9,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.enricher import enricher_section, measure_enricher
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
 
@@ -43,7 +44,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write(table: str) -> None:
+def _write(table: str, extra: str = "") -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     machine += f", Python {platform.python_version()}"
     text = f"""# Benchmarks
@@ -56,7 +57,7 @@ Postgres, NATS and the four services run on the same machine, started by
 
 {table}
 """
-    OUTPUT.write_text(text)
+    OUTPUT.write_text(text + extra)
 
 
 def main() -> None:
@@ -66,11 +67,30 @@ def main() -> None:
     parser.add_argument(
         "--baseline-changes", type=int, default=10, help="changes seen by polling"
     )
+    parser.add_argument(
+        "--enricher-changes",
+        type=int,
+        default=20_000,
+        help="changes drained per enricher configuration (0 skips that benchmark)",
+    )
+    parser.add_argument(
+        "--enricher-histories",
+        type=int,
+        default=2_000,
+        help="histories the enricher benchmark's changes are spread over",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
     print(table)
-    _write(table)
+    enricher = ""
+    if args.enricher_changes > 0:
+        enricher_rows = asyncio.run(
+            measure_enricher(args.enricher_changes, args.enricher_histories)
+        )
+        enricher = enricher_section(enricher_rows, args.enricher_histories)
+        print(enricher)
+    _write(table, enricher)
     print(f"written to {OUTPUT}")
 
 

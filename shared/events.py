@@ -11,8 +11,8 @@ from datetime import datetime
 
 import msgspec
 
-# Any kind a trigger records. The enricher's registry says who hears each
-# kind, and a change of a kind it does not know goes to the dead letters.
+# Any kind a trigger records. The enricher's registry maps each kind to its
+# audience, and a change of a kind it does not know goes to the dead letters.
 ChangeKind = str
 
 EVENT_TYPES = frozenset(
@@ -59,7 +59,7 @@ class BroadcastUpdate(msgspec.Struct, frozen=True):
 class EntryPointUpdate(msgspec.Struct, frozen=True):
     """Data of an `entry_point_update` event: interactive tool entry points changed.
 
-    `job_ids` holds the job of each entry point, in the same order.
+    `job_ids` lists the job of each entry point, in the same order.
     """
 
     entry_point_ids: list[str]

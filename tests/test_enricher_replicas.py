@@ -55,7 +55,7 @@ class EnricherProcess:
         return lines
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until its `/readyz` answers 200."""
+        """Wait until its `/readyz` returns 200."""
         url = f"http://127.0.0.1:{self.port}/readyz"
         async with httpx.AsyncClient() as client, asyncio.timeout(timeout):
             while True:

@@ -1,4 +1,4 @@
-"""Property: after random changes, each stream holds exactly the events it may see.
+"""Property: after random changes, each stream contains exactly the events it may see.
 
 Hypothesis draws users, groups, roles, anonymous sessions, histories and a
 sequence of changes (history edits, notifications to users, groups and
@@ -394,7 +394,7 @@ async def _apply(world: World, step: tuple) -> None:
 )
 @given(scenario=scenarios())
 async def test_streams_hold_only_their_events(pipeline: Pipeline, scenario: Scenario):
-    """Each audience's subject holds exactly the events its model allows."""
+    """Each audience's subject contains exactly the events its model allows."""
     print(f"isolation property seed {SEED} (replay: TIDINGS_TEST_SEED={SEED})")
     note(repr(scenario))
     example = next(_examples)

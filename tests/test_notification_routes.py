@@ -115,7 +115,7 @@ def _assert_names(response: httpx.Response, status: int, field: str) -> None:
 
 
 async def test_list_newest_first_paged(api: Api):
-    """The list holds the caller's notifications, newest first, in pages."""
+    """The list contains the caller's notifications, newest first, in pages."""
     old = await api.send(api.alice, publication_time=_iso(-timedelta(hours=3)))
     mid = await api.send(api.alice, publication_time=_iso(-timedelta(hours=2)))
     new = await api.send(api.alice, publication_time=_iso(-timedelta(hours=1)))

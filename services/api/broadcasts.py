@@ -71,7 +71,7 @@ async def create_broadcast(
     """Broadcast a notification to everyone (admins only).
 
     It is published now or at `publication_time`, and expires six months
-    later unless `expiration_time` says otherwise.
+    later unless `expiration_time` is given.
     """
     require_admin(caller)
     publication, expiration = publication_window(

@@ -1,7 +1,7 @@
 """A user's own notifications: list, read, unread status, mark seen or deleted.
 
-Every route acts on the caller's rows only; another user's notification is
-answered as not found. Writes touch Postgres only: the triggers and the
+Every route acts on the caller's rows only, and another user's notification
+gets a 404 as if it did not exist. Writes touch Postgres only: the triggers and the
 bridge tell the user's other tabs.
 """
 
@@ -134,8 +134,8 @@ async def update_notifications(
 ) -> NotificationsBatchUpdateResponse:
     """Apply the same changes to many of the caller's notifications at once.
 
-    Ids that are not the caller's are skipped; `updated_count` says how
-    many notifications changed.
+    Ids that are not the caller's are skipped, and `updated_count` is the
+    number of notifications changed.
     """
     user_id = require_user(caller)
     _require_changes(data.changes, "changes.")

@@ -22,7 +22,7 @@ async def expand_recipients(
 
     Groups and roles are expanded through `group_role_association` until no
     new group or role appears, as Galaxy's default strategy does. Unknown
-    ids, or recipients that name nobody, raise a 400 naming the field.
+    ids, or recipients that expand to no user, raise a 400 naming the field.
     """
     await _check_known(conn, "galaxy_user", "recipients.user_ids", recipients.user_ids)
     await _check_known(

@@ -52,7 +52,7 @@ class NotificationCreateData(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Recipients(msgspec.Struct, forbid_unknown_fields=True):
-    """Who receives a notification; groups and roles are expanded to users."""
+    """Recipients of a notification; groups and roles are expanded to users."""
 
     user_ids: list[Id] = []
     group_ids: list[Id] = []
@@ -156,7 +156,7 @@ class NotificationsBatchUpdateResponse(msgspec.Struct):
 
 
 class UserNotificationResponse(NotificationResponse):
-    """A notification as one recipient sees it; `update_time` is theirs."""
+    """A notification in one recipient's view; `update_time` is their row's."""
 
     seen_time: datetime | None = None
     deleted: bool = False

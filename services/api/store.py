@@ -71,7 +71,7 @@ WHERE id = $1
 async def list_user_notifications(
     conn: asyncpg.Connection | asyncpg.Pool, user_id: int, limit: int, offset: int
 ) -> list[UserNotificationResponse]:
-    """The user's active, undeleted notifications, newest first."""
+    """Return the user's active, undeleted notifications, newest first."""
     sql = f"{_USER_NOTIFICATIONS} {_NEWEST_FIRST} LIMIT $2 OFFSET $3"
     rows = await conn.fetch(sql, user_id, limit, offset)
     return [user_notification_response(r) for r in rows]
@@ -80,7 +80,7 @@ async def list_user_notifications(
 async def get_user_notification(
     conn: asyncpg.Connection | asyncpg.Pool, user_id: int, notification_id: int
 ) -> UserNotificationResponse | None:
-    """One of the user's active, undeleted notifications, or None."""
+    """Return one of the user's active, undeleted notifications, or None."""
     row = await conn.fetchrow(
         f"{_USER_NOTIFICATIONS} AND n.id = $2", user_id, notification_id
     )
@@ -90,7 +90,7 @@ async def get_user_notification(
 async def user_notifications_since(
     conn: asyncpg.Connection | asyncpg.Pool, user_id: int, since: datetime
 ) -> list[UserNotificationResponse]:
-    """The user's active notifications published or changed since `since`."""
+    """Return the user's active notifications published or changed since then."""
     sql = (
         f"{_USER_NOTIFICATIONS}"
         " AND (una.update_time >= $2 OR n.publication_time >= $2)"
@@ -101,7 +101,7 @@ async def user_notifications_since(
 
 
 async def count_unread(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> int:
-    """How many of the user's active, undeleted notifications are not seen yet."""
+    """Count the user's active, undeleted notifications not seen yet."""
     return await conn.fetchval(_UNREAD_COUNT, user_id)
 
 
@@ -147,7 +147,7 @@ async def get_broadcast(
     active_only: bool,
     for_update: bool = False,
 ) -> asyncpg.Record | None:
-    """The broadcast row with this id, or None."""
+    """Return the broadcast row with this id, or None."""
     sql = f"{_BROADCASTS} AND n.id = $1"
     if active_only:
         sql += f" AND {_ACTIVE}"
@@ -210,7 +210,7 @@ async def update_broadcast(
 
 
 def notification_response(row: asyncpg.Record) -> NotificationResponse:
-    """The API shape of a notification row."""
+    """Convert a notification row to its API shape."""
     return NotificationResponse(
         id=str(row["id"]),
         source=row["source"],
@@ -225,7 +225,7 @@ def notification_response(row: asyncpg.Record) -> NotificationResponse:
 
 
 def user_notification_response(row: asyncpg.Record) -> UserNotificationResponse:
-    """The API shape of a notification as one recipient sees it."""
+    """Convert a notification row with one recipient's columns to its API shape."""
     return UserNotificationResponse(
         id=str(row["id"]),
         source=row["source"],

@@ -8,7 +8,7 @@ from typing import Annotated
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
-# A notification expires this long after its publication unless told otherwise.
+# A notification expires this long after its publication unless a time is given.
 DEFAULT_LIFETIME = timedelta(days=183)
 MAX_ID = 2**31 - 1
 
@@ -24,14 +24,14 @@ NotificationIdPath = Annotated[
 
 
 def invalid(field: str, message: str) -> ValidationException:
-    """A 400 whose message and `extra` name the bad field."""
+    """Build a 400 whose message and `extra` name the bad field."""
     return ValidationException(
         f"{field}: {message}", extra=[{"key": field, "message": message}]
     )
 
 
 def parse_notification_id(value: str) -> int:
-    """The notification id of a path, or a 400 naming `notification_id`."""
+    """Parse a path's notification id, or raise a 400 naming `notification_id`."""
     if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= MAX_ID:
         raise invalid(
             "notification_id", f"{value!r} is not an id between 1 and {MAX_ID}"
@@ -50,7 +50,7 @@ def to_utc(value: datetime | None, field: str) -> datetime | None:
 
 
 def utc_now() -> datetime:
-    """The current time as naive UTC."""
+    """Return the current time as naive UTC."""
     return datetime.now(UTC).replace(tzinfo=None)
 
 

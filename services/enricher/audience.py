@@ -1,8 +1,8 @@
 """Who must hear a change: one registry entry per kind of change.
 
 Adding a watched kind means a trigger and one entry in `RESOLVERS`. Most
-kinds are rows that belong to a user, or else to anonymous sessions; an
-`OwnedRows` entry says how to find that owner and what the event carries.
+kinds are rows that belong to a user, or else to anonymous sessions. An
+`OwnedRows` entry names the query that finds that owner and builds the event.
 Kinds with other rules (notifications, broadcasts, stale-audience changes)
 have a resolver function of their own.
 """
@@ -82,7 +82,7 @@ Resolver = Callable[[Lookups, Change], Awaitable[Delivery | None]]
 
 
 def row_id(change: Change) -> int:
-    """The change's key as a row id, or raise `PoisonChange`."""
+    """Return the change's key as a row id, or raise `PoisonChange`."""
     key = change.key
     if not (key.isascii() and key.isdigit()) or not 0 < int(key) <= MAX_ROW_ID:
         raise PoisonChange(f"key {key!r} of a {change.kind!r} change is not a row id")
@@ -90,7 +90,7 @@ def row_id(change: Change) -> int:
 
 
 def owner_audiences(rows: list[asyncpg.Record]) -> list[str]:
-    """Audiences of owner rows: `user_id` when set, else the session's hash."""
+    """Return the audiences of owner rows: the user, else the session's hash."""
     audiences = []
     for row in rows:
         if row["user_id"] is not None:
@@ -202,7 +202,9 @@ def _notification_seen_update(
 
 
 async def resolve_notification(lookups: Lookups, change: Change) -> Delivery | None:
-    """A broadcast is heard by everyone; a notification by its recipients.
+    """Resolve a notification change for everyone or for its recipients.
+
+    A broadcast reaches everyone, another notification its recipients.
 
     A user notification whose publication time lies in the future is heard
     by no one yet. A broadcast is always announced, because a client that
@@ -231,7 +233,7 @@ async def resolve_notification(lookups: Lookups, change: Change) -> Delivery | N
 
 
 async def forget_stale_audience(lookups: Lookups, change: Change) -> None:
-    """Drop the cached lookups tagged with the change's key; nobody hears it."""
+    """Drop the cached lookups tagged with the change's key; it yields no event."""
     lookups.cache.invalidate(change.key)
     return None
 

@@ -71,7 +71,8 @@ class InvalidationFeed:
 
         When the feed does not catch up within the fence timeout (NATS
         reconnecting, an ordered consumer being recreated), the whole cache
-        is dropped instead, which is always safe.
+        is dropped instead: lookups then read Postgres, so no stale audience
+        is served.
         """
         if self._cache.max_entries <= 0:
             return

@@ -8,8 +8,8 @@ a crash yields no second event.
 Each fetched batch is handled in order: resolve each change's audience
 (mostly from the cache), publish its events without waiting, then wait for
 the stream's acknowledgements and acknowledge the changes. Events of one
-connection are stored in the order they were sent, so commit order holds
-within a replica.
+connection are stored in the order they were sent, so a replica keeps
+commit order.
 
 A change that fails is retried: lookups that failed for want of Postgres
 are retried in place until it is back, other failures are redelivered with
@@ -58,8 +58,8 @@ FETCH_TIMEOUT_SECONDS = 1.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
 MAX_RETRY_DELAY_SECONDS = 5.0
 
-# Failures that say Postgres or NATS is unreachable for now, not that the
-# change is bad: the lookup is retried in place until they pass.
+# Failures that show Postgres or NATS is unreachable for now, not that the
+# change is bad. The lookup is retried in place until they pass.
 TRANSIENT_ERRORS = (
     OSError,
     TimeoutError,
@@ -132,7 +132,7 @@ class Enricher:
         log.info("enricher stopped")
 
     def is_ready(self) -> bool:
-        """Whether NATS is connected and the consumer loop runs."""
+        """Return whether NATS is connected and the consumer loop runs."""
         running = self._task is not None and not self._task.done()
         return running and self._nc is not None and self._nc.is_connected
 
@@ -166,7 +166,10 @@ class Enricher:
                 continue
             except (NatsError, JetStreamError) as exc:
                 # Changes left unacknowledged are redelivered after the ack wait.
-                log.warning("fetching changes failed; retrying", error=repr(exc))
+                log.warning(
+                    "handling a batch of changes failed; fetching again",
+                    error=repr(exc),
+                )
                 await asyncio.sleep(FETCH_TIMEOUT_SECONDS)
 
     async def _handle_batch(self, messages: list[Msg]) -> None:
