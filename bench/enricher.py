@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,15 +58,23 @@ SECTION = """
 
 `TIDINGS_CHANGES` is filled with {changes} history changes over {histories}
 histories of {users} users, then drained; events per second are measured
-between the events stored at 10 % and at 90 % of the run. The naive
-baseline looks every change up in Postgres and waits for each publish.
+between the events stored at 10 % and at 90 % of the run, and each
+configuration runs {runs} times (median, then lowest to highest). The naive
+baseline looks every change up in Postgres and waits for each publish. The
+consumers share the machine's cores with Postgres and NATS.
 
 {table}
 """
 
 
-async def measure_enricher(changes: int, histories: int) -> list[dict]:
-    """Measure every configuration on fresh streams; return one row each."""
+async def measure_enricher(
+    changes: int, histories: int, repeats: int = 3
+) -> list[dict]:
+    """Measure every configuration `repeats` times on fresh streams; one row each.
+
+    Each row carries the median rate and the lowest and highest of the runs,
+    because other processes on the machine make single runs vary.
+    """
     with tempfile.TemporaryDirectory(prefix="tidings-bench-enricher-") as tmp:
         root = Path(tmp)
         postgres = EmbeddedPostgres(root / "postgres", fast=True)
@@ -91,15 +100,22 @@ async def measure_enricher(changes: int, histories: int) -> list[dict]:
             rows = []
             for name, replicas, cache_size in runs:
                 print(f"enricher: {name}, {replicas or 1} consumer(s)", flush=True)
-                rate = await _run(
-                    settings, root, history_ids, changes, replicas, cache_size
-                )
+                rates = []
+                for _ in range(repeats):
+                    rates.append(
+                        await _run(
+                            settings, root, history_ids, changes, replicas, cache_size
+                        )
+                    )
                 rows.append(
                     {
                         "name": name,
                         "replicas": replicas or 1,
                         "changes": changes,
-                        "events_per_second": rate,
+                        "runs": repeats,
+                        "events_per_second": statistics.median(rates),
+                        "lowest": min(rates),
+                        "highest": max(rates),
                     }
                 )
             return rows
@@ -255,17 +271,19 @@ async def _rate(js: JetStreamContext, changes: int) -> float:
 def enricher_section(rows: list[dict], histories: int) -> str:
     """Format the rows as the BENCHMARKS.md section, with its table."""
     lines = [
-        "| measurement | consumers | changes | events/s |",
-        "|---|---:|---:|---:|",
+        "| measurement | consumers | changes | events/s | range |",
+        "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['name']} | {row['replicas']} | {row['changes']} "
-            f"| {row['events_per_second']:,.0f} |"
+            f"| {row['events_per_second']:,.0f} "
+            f"| {row['lowest']:,.0f} to {row['highest']:,.0f} |"
         )
     return SECTION.format(
         changes=rows[0]["changes"],
         histories=histories,
         users=USERS,
+        runs=rows[0]["runs"],
         table="\n".join(lines),
     )
