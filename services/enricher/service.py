@@ -32,7 +32,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
 
-from tidings.enricher.audience import RESOLVERS, Delivery, Lookups, PoisonChange
+from tidings.enricher.audience import (
+    RESOLVERS,
+    Delivery,
+    Lookups,
+    PoisonChange,
+    Resolver,
+)
 from tidings.enricher.cache import AudienceCache
 from tidings.enricher.deadletter import DeadLetters
 from tidings.enricher.invalidation import InvalidationFeed
@@ -223,7 +229,9 @@ class Enricher:
             return None
         return change, delivery
 
-    async def _resolve_until_reachable(self, msg: Msg, change: Change, resolver):
+    async def _resolve_until_reachable(
+        self, msg: Msg, change: Change, resolver: Resolver
+    ) -> Delivery | None:
         assert self._lookups is not None
         delay = 0.1
         while True:
