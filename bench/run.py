@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bridge import bridge_table, run_bridge_bench
+from bench.enricher import enricher_section, measure_enricher
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
 
@@ -104,6 +105,18 @@ def main() -> None:
         default=40_000,
         help="changes in the bridge throughput run (0 skips the bridge benchmark)",
     )
+    parser.add_argument(
+        "--enricher-changes",
+        type=int,
+        default=20_000,
+        help="changes drained per enricher configuration (0 skips that benchmark)",
+    )
+    parser.add_argument(
+        "--enricher-histories",
+        type=int,
+        default=2_000,
+        help="histories the enricher benchmark's changes are spread over",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
@@ -116,6 +129,14 @@ def main() -> None:
         bridge = bridge_table(runs)
         print(bridge)
         _append_bridge(bridge)
+    if args.enricher_changes > 0:
+        enricher_rows = asyncio.run(
+            measure_enricher(args.enricher_changes, args.enricher_histories)
+        )
+        enricher = enricher_section(enricher_rows, args.enricher_histories)
+        print(enricher)
+        with OUTPUT.open("a") as output:
+            output.write(enricher)
     print(f"written to {OUTPUT}")
 
 

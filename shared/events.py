@@ -8,11 +8,12 @@ module-level encoder and decoders below, so the schemas live in one place.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 import msgspec
 
-ChangeKind = Literal["history", "notification"]
+# Any kind a trigger records. The enricher's registry maps each kind to its
+# audience, and a change of a kind it does not know goes to the dead letters.
+ChangeKind = str
 
 EVENT_TYPES = frozenset(
     {
@@ -48,12 +49,38 @@ class NotificationUpdate(msgspec.Struct, frozen=True):
     update_time: datetime
 
 
+class BroadcastUpdate(msgspec.Struct, frozen=True):
+    """Data of a `broadcast_update` event: these broadcasts changed."""
+
+    notification_ids: list[str]
+    update_time: datetime
+
+
+class EntryPointUpdate(msgspec.Struct, frozen=True):
+    """Data of an `entry_point_update` event: interactive tool entry points changed.
+
+    `job_ids` lists the job of each entry point, in the same order.
+    """
+
+    entry_point_ids: list[str]
+    job_ids: list[str]
+    update_time: datetime
+
+
 class Reset(msgspec.Struct, frozen=True):
     """Data of a `reset` event: the client must refetch its state."""
 
     reason: str
     message: str
 
+
+# Schema of the `data` of each event type that the enricher publishes.
+EVENT_DATA_TYPES: dict[str, type[msgspec.Struct]] = {
+    "history_update": HistoryUpdate,
+    "notification_update": NotificationUpdate,
+    "broadcast_update": BroadcastUpdate,
+    "entry_point_update": EntryPointUpdate,
+}
 
 encoder = msgspec.json.Encoder()
 change_decoder = msgspec.json.Decoder(Change)

@@ -50,6 +50,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_format: str = "auto"
     log_level: str = "INFO"
     otel: str = ""
+    enricher_max_deliver: int = 5
+    enricher_ack_wait_seconds: float = 30.0
+    enricher_cache_size: int = 100_000
+    enricher_cache_seconds: float = 300.0
+    dead_letters_max_age_seconds: float = 7 * 24 * 3600.0
 
     @property
     def admin_emails(self) -> frozenset[str]:

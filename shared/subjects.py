@@ -24,11 +24,17 @@ from tidings.shared.settings import Settings
 
 CHANGES_STREAM = "TIDINGS_CHANGES"
 EVENTS_STREAM = "TIDINGS_EVENTS"
+DEAD_LETTERS_STREAM = "TIDINGS_DEAD_LETTERS"
 ENRICHER_DURABLE = "tidings-enricher"
 
 CHANGE_PREFIX = "tidings.change"
 EVENT_PREFIX = "tidings.event"
 LIVE_PREFIX = "tidings.live"
+DEAD_LETTER_PREFIX = "tidings.dead"
+
+# Kind of the changes that make cached audiences stale. Their key is a cache
+# tag such as `history:42` or `session:7`.
+AUDIENCE_KIND = "audience"
 
 # Header carrying the event type on messages of TIDINGS_EVENTS.
 EVENT_TYPE_HEADER = "Tidings-Event"
@@ -65,6 +71,15 @@ def live_subject(audience: str) -> str:
     return f"{LIVE_PREFIX}.{audience}"
 
 
+def dead_letter_subject(subject: str) -> str:
+    """Subject a change that cannot be enriched is kept on, from its own subject.
+
+    `tidings.change.history.42` becomes `tidings.dead.change.history.42`.
+    """
+    prefix = CHANGE_PREFIX.rsplit(".", 1)[0] + "."
+    return f"{DEAD_LETTER_PREFIX}.{subject.removeprefix(prefix)}"
+
+
 def changes_stream_config(settings: Settings) -> StreamConfig:
     """Configuration of the stream of changes."""
     return StreamConfig(
@@ -91,4 +106,16 @@ def events_stream_config(settings: Settings) -> StreamConfig:
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         num_replicas=settings.stream_replicas,
         republish=RePublish(src=f"{EVENT_PREFIX}.>", dest=f"{LIVE_PREFIX}.>"),
+    )
+
+
+def dead_letters_stream_config(settings: Settings) -> StreamConfig:
+    """Configuration of the stream keeping changes the enricher gave up on."""
+    return StreamConfig(
+        name=DEAD_LETTERS_STREAM,
+        subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.dead_letters_max_age_seconds,
+        num_replicas=settings.stream_replicas,
     )

@@ -9,8 +9,12 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
-from tidings.api.notifications import create_notification
+from tidings.api.auth import resolve_caller, resolve_optional_caller
+from tidings.api.broadcasts import BROADCAST_ROUTES
+from tidings.api.notifications import USER_ROUTES
+from tidings.api.sending import send_notification
 from tidings.shared.db import create_pool
 from tidings.shared.http import HttpServer, health_handlers
 from tidings.shared.logs import get_logger
@@ -32,15 +36,38 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
     cors = None
     if settings.cors_origin_list:
         cors = CORSConfig(allow_origins=settings.cors_origin_list)
+    # Broadcast routes come first: `/broadcast` is not a notification id.
     return Litestar(
-        [create_notification, *health_handlers(ready)],
+        [
+            *BROADCAST_ROUTES,
+            send_notification,
+            *USER_ROUTES,
+            *health_handlers(ready),
+        ],
         dependencies={
             "db_pool": Provide(lambda: pool, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
+            "caller": Provide(resolve_caller),
+            "optional_caller": Provide(resolve_optional_caller),
         },
         cors_config=cors,
-        openapi_config=OpenAPIConfig(title="Tidings notification API", version="0.1.0"),
+        openapi_config=_openapi_config(),
         logging_config=None,
+    )
+
+
+def _openapi_config() -> OpenAPIConfig:
+    api_key = SecurityScheme(
+        type="apiKey",
+        name="x-api-key",
+        security_scheme_in="header",
+        description="A user's Galaxy API key; admin routes need an admin's key",
+    )
+    return OpenAPIConfig(
+        title="Tidings notification API",
+        version="0.1.0",
+        components=Components(security_schemes={"apiKey": api_key}),
+        security=[{"apiKey": []}],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from tidings.shared.settings import Settings
@@ -25,15 +26,31 @@ class ApiCaller(msgspec.Struct, frozen=True):
 
 
 async def resolve_caller(
-    request: Request, db_pool: asyncpg.Pool, settings: Settings
+    request: Request,
+    db_pool: NamedDependency[asyncpg.Pool],
+    settings: NamedDependency[Settings],
 ) -> ApiCaller:
     """Return the caller named by `x-api-key` or `key=`, or raise 401."""
+    caller = await resolve_optional_caller(request, db_pool, settings)
+    if caller is None:
+        raise NotAuthorizedException("missing API key: send an x-api-key header")
+    return caller
+
+
+async def resolve_optional_caller(
+    request: Request,
+    db_pool: NamedDependency[asyncpg.Pool],
+    settings: NamedDependency[Settings],
+) -> ApiCaller | None:
+    """Return the caller named by an API key, None without one; a wrong key is 401."""
     key = request.headers.get("x-api-key") or request.query_params.get("key") or ""
     if not key:
-        raise NotAuthorizedException("missing API key: send an x-api-key header")
+        return None
     if settings.admin_api_key and key == settings.admin_api_key:
         return ApiCaller(user_id=None, email=None, is_admin=True)
-    row = await db_pool.fetchrow(_USER_BY_API_KEY, key[:255])
+    if len(key) > 255 or not key.isprintable():
+        raise NotAuthorizedException("invalid API key")
+    row = await db_pool.fetchrow(_USER_BY_API_KEY, key)
     if row is None:
         raise NotAuthorizedException("invalid API key")
     is_admin = row["email"] in settings.admin_emails
@@ -44,3 +61,13 @@ def require_admin(caller: ApiCaller) -> None:
     """Raise 403 unless the caller is an admin."""
     if not caller.is_admin:
         raise PermissionDeniedException("this route requires an admin API key")
+
+
+def require_user(caller: ApiCaller) -> int:
+    """Return the caller's user id; the bootstrap admin key has none, so 403."""
+    if caller.user_id is None:
+        raise PermissionDeniedException(
+            "this route acts on a user's own notifications; "
+            "call it with that user's API key"
+        )
+    return caller.user_id

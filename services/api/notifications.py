@@ -1,158 +1,183 @@
-"""Notification routes. They write Postgres only; triggers carry every change onward."""
+"""A user's own notifications: list, read, unread status, mark seen or deleted.
+
+Every route acts on the caller's rows only, and another user's notification
+gets a 404 as if it did not exist. Writes touch Postgres only: the triggers and the
+bridge tell the user's other tabs.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from typing import Annotated
 
 import asyncpg
-import msgspec
-from litestar import Request, post
+from litestar import delete, get, put
 from litestar.di import NamedDependency
-from litestar.exceptions import ValidationException
-from litestar.params import JSONBody
+from litestar.exceptions import NotFoundException
+from litestar.params import JSONBody, Parameter
 
-from tidings.api.auth import require_admin, resolve_caller
+from tidings.api import store
+from tidings.api.auth import ApiCaller, require_user
 from tidings.api.schemas import (
-    NotificationCreatedResponse,
-    NotificationCreateRequest,
-    NotificationResponse,
+    NotificationsBatchRequest,
+    NotificationsBatchUpdateResponse,
+    NotificationStatusSummary,
+    UserNotificationResponse,
+    UserNotificationsBatchUpdateRequest,
+    UserNotificationUpdateRequest,
 )
-from tidings.shared.settings import Settings
+from tidings.api.validation import (
+    NotificationIdPath,
+    invalid,
+    parse_notification_id,
+    to_utc,
+)
 
-DEFAULT_LIFETIME = timedelta(days=183)
-
-_INSERT_NOTIFICATION = """
-INSERT INTO notification
-    (source, category, variant, content, publication_time, expiration_time, galaxy_url)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING *
-"""
-_INSERT_ASSOCIATIONS = """
-INSERT INTO user_notification_association (user_id, notification_id)
-SELECT unnest($1::int[]), $2
-"""
+TAGS = ["notifications"]
+Limit = Annotated[int, Parameter(ge=1, le=1000, description="Page size")]
+Offset = Annotated[
+    int, Parameter(ge=0, le=2**31 - 1, description="Notifications to skip")
+]
 
 
-@post("/api/notifications", status_code=200)
-async def create_notification(
-    request: Request,
-    data: JSONBody[NotificationCreateRequest],
+@get("/api/notifications", tags=TAGS)
+async def list_notifications(
+    caller: NamedDependency[ApiCaller],
     db_pool: NamedDependency[asyncpg.Pool],
-    settings: NamedDependency[Settings],
-) -> NotificationCreatedResponse:
-    """Store a notification for the recipients (admins only)."""
-    caller = await resolve_caller(request, db_pool, settings)
-    require_admin(caller)
-    notification = data.notification
-    content_category = type(notification.content).__struct_config__.tag
-    if content_category != notification.category:
-        raise ValidationException(
-            f"notification.content.category {content_category!r} does not match "
-            f"notification.category {notification.category!r}"
-        )
-    publication = _utc(notification.publication_time) or _now()
-    expiration = _utc(notification.expiration_time) or publication + DEFAULT_LIFETIME
-    if expiration <= publication:
-        raise ValidationException(
-            "notification.expiration_time must be after notification.publication_time"
-        )
-
-    async with db_pool.acquire() as conn, conn.transaction():
-        user_ids = await _expand_recipients(conn, data)
-        row = await conn.fetchrow(
-            _INSERT_NOTIFICATION,
-            notification.source,
-            notification.category,
-            notification.variant,
-            msgspec.json.encode(notification.content).decode(),
-            publication,
-            expiration,
-            str(request.base_url),
-        )
-        await conn.execute(_INSERT_ASSOCIATIONS, sorted(user_ids), row["id"])
-    return NotificationCreatedResponse(
-        total_notifications_sent=len(user_ids),
-        notification=_notification_response(row),
-    )
+    limit: Limit = 20,
+    offset: Offset = 0,
+) -> list[UserNotificationResponse]:
+    """List the caller's published, unexpired, undeleted notifications, newest first."""
+    user_id = require_user(caller)
+    return await store.list_user_notifications(db_pool, user_id, limit, offset)
 
 
-async def _expand_recipients(
-    conn: asyncpg.Connection, data: NotificationCreateRequest
-) -> set[int]:
-    """Users named directly or through groups and roles, each once.
+@get("/api/notifications/status", tags=TAGS)
+async def notification_status(
+    optional_caller: NamedDependency[ApiCaller | None],
+    db_pool: NamedDependency[asyncpg.Pool],
+    since: Annotated[
+        datetime, Parameter(description="Report what changed since this time (UTC)")
+    ],
+) -> NotificationStatusSummary:
+    """Return the unread count and what changed since `since`.
 
-    Groups and roles are expanded through `group_role_association` until no
-    new group or role appears, as Galaxy's default strategy does.
+    What changed are the caller's notifications and the broadcasts published
+    or updated since then. Without an API key, only broadcasts are returned.
     """
-    recipients = data.recipients
-    await _check_known(conn, "galaxy_user", "recipients.user_ids", recipients.user_ids)
-    await _check_known(
-        conn, "galaxy_group", "recipients.group_ids", recipients.group_ids
-    )
-    await _check_known(conn, "role", "recipients.role_ids", recipients.role_ids)
-
-    groups, roles = set(recipients.group_ids), set(recipients.role_ids)
-    while True:
-        more_roles = await conn.fetch(
-            "SELECT role_id FROM group_role_association WHERE group_id = ANY($1)",
-            list(groups),
-        )
-        more_groups = await conn.fetch(
-            "SELECT group_id FROM group_role_association WHERE role_id = ANY($1)",
-            list(roles),
-        )
-        new_roles = {r["role_id"] for r in more_roles} - roles
-        new_groups = {r["group_id"] for r in more_groups} - groups
-        if not new_roles and not new_groups:
-            break
-        roles |= new_roles
-        groups |= new_groups
-
-    rows = await conn.fetch(
-        """
-        SELECT user_id FROM user_group_association WHERE group_id = ANY($1)
-        UNION SELECT user_id FROM user_role_association WHERE role_id = ANY($2)
-        """,
-        list(groups),
-        list(roles),
-    )
-    users = set(recipients.user_ids) | {r["user_id"] for r in rows}
-    if not users:
-        raise ValidationException("recipients must name at least one user")
-    return users
+    since_utc = to_utc(since, "since")
+    assert since_utc is not None
+    broadcasts = await store.list_broadcasts(db_pool, active_only=True, since=since_utc)
+    if optional_caller is None or optional_caller.user_id is None:
+        return NotificationStatusSummary(0, [], broadcasts)
+    user_id = optional_caller.user_id
+    async with db_pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        unread = await store.count_unread(conn, user_id)
+        changed = await store.user_notifications_since(conn, user_id, since_utc)
+    return NotificationStatusSummary(unread, changed, broadcasts)
 
 
-async def _check_known(
-    conn: asyncpg.Connection, table: str, field: str, ids: list[int]
+@get("/api/notifications/{notification_id:str}", tags=TAGS)
+async def show_notification(
+    caller: NamedDependency[ApiCaller],
+    db_pool: NamedDependency[asyncpg.Pool],
+    notification_id: NotificationIdPath,
+) -> UserNotificationResponse:
+    """Return one of the caller's published, unexpired, undeleted notifications."""
+    user_id = require_user(caller)
+    row_id = parse_notification_id(notification_id)
+    found = await store.get_user_notification(db_pool, user_id, row_id)
+    if found is None:
+        raise _not_found(row_id)
+    return found
+
+
+@put("/api/notifications/{notification_id:str}", status_code=204, tags=TAGS)
+async def update_notification(
+    caller: NamedDependency[ApiCaller],
+    db_pool: NamedDependency[asyncpg.Pool],
+    notification_id: NotificationIdPath,
+    data: JSONBody[UserNotificationUpdateRequest],
 ) -> None:
-    if not ids:
-        return
-    known = await conn.fetch(f"SELECT id FROM {table} WHERE id = ANY($1)", ids)
-    unknown = sorted(set(ids) - {r["id"] for r in known})
-    if unknown:
-        raise ValidationException(f"{field} names unknown ids: {unknown}")
-
-
-def _notification_response(row: asyncpg.Record) -> NotificationResponse:
-    return NotificationResponse(
-        id=str(row["id"]),
-        source=row["source"],
-        category=row["category"],
-        variant=row["variant"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        publication_time=row["publication_time"],
-        expiration_time=row["expiration_time"],
-        content=msgspec.json.decode(row["content"]),
+    """Mark one of the caller's notifications seen or unseen, deleted or not."""
+    user_id = require_user(caller)
+    row_id = parse_notification_id(notification_id)
+    _require_changes(data, "")
+    updated = await store.update_user_notifications(
+        db_pool, user_id, [row_id], data.seen, data.deleted
     )
+    if not updated:
+        raise _not_found(row_id)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """Naive UTC, as stored; naive input is taken to be UTC already."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
+@delete("/api/notifications/{notification_id:str}", tags=TAGS)
+async def delete_notification(
+    caller: NamedDependency[ApiCaller],
+    db_pool: NamedDependency[asyncpg.Pool],
+    notification_id: NotificationIdPath,
+) -> None:
+    """Mark one of the caller's notifications deleted; the row stays until expiry."""
+    user_id = require_user(caller)
+    row_id = parse_notification_id(notification_id)
+    updated = await store.update_user_notifications(
+        db_pool, user_id, [row_id], None, True
+    )
+    if not updated:
+        raise _not_found(row_id)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+@put("/api/notifications", tags=TAGS)
+async def update_notifications(
+    caller: NamedDependency[ApiCaller],
+    db_pool: NamedDependency[asyncpg.Pool],
+    data: JSONBody[UserNotificationsBatchUpdateRequest],
+) -> NotificationsBatchUpdateResponse:
+    """Apply the same changes to many of the caller's notifications at once.
+
+    Ids that are not the caller's are skipped, and `updated_count` is the
+    number of notifications changed.
+    """
+    user_id = require_user(caller)
+    _require_changes(data.changes, "changes.")
+    updated = await store.update_user_notifications(
+        db_pool,
+        user_id,
+        sorted(set(data.notification_ids)),
+        data.changes.seen,
+        data.changes.deleted,
+    )
+    return NotificationsBatchUpdateResponse(updated)
+
+
+@delete("/api/notifications", status_code=200, tags=TAGS)
+async def delete_notifications(
+    caller: NamedDependency[ApiCaller],
+    db_pool: NamedDependency[asyncpg.Pool],
+    data: JSONBody[NotificationsBatchRequest],
+) -> NotificationsBatchUpdateResponse:
+    """Mark many of the caller's notifications deleted; others' ids are skipped."""
+    user_id = require_user(caller)
+    updated = await store.update_user_notifications(
+        db_pool, user_id, sorted(set(data.notification_ids)), None, True
+    )
+    return NotificationsBatchUpdateResponse(updated)
+
+
+def _require_changes(changes: UserNotificationUpdateRequest, prefix: str) -> None:
+    if changes.seen is None and changes.deleted is None:
+        raise invalid(f"{prefix}seen", f"set {prefix}seen or {prefix}deleted")
+
+
+def _not_found(notification_id: int) -> NotFoundException:
+    return NotFoundException(f"notification {notification_id} not found")
+
+
+USER_ROUTES = [
+    list_notifications,
+    notification_status,
+    show_notification,
+    update_notification,
+    delete_notification,
+    update_notifications,
+    delete_notifications,
+]
