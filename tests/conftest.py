@@ -102,6 +102,10 @@ def settings(servers: Servers) -> Settings:
         enricher_port=free_port(),
         admin_users=ADMIN_EMAIL,
         keepalive_seconds=0.5,
+        # Coalescing holds a repeated change of a key for the window, which
+        # would let `Pipeline.settle()` return before it; the bridge's own
+        # tests turn it on where they check it.
+        bridge_coalesce_ms=0,
         retry_ms=1500,
         demo=True,
     )
