@@ -293,12 +293,16 @@ async def test_terminated_backend_loses_nothing(
     """Terminating the bridge's Postgres sessions mid-burst loses no change."""
     bridge = await start_bridge()
     terminated = 0
+    attempted = False
 
     async def writer(count: int) -> None:
-        nonlocal terminated
+        nonlocal terminated, attempted
         for i in range(count):
             await create_history(db, None, f"w{i}")
-            if i == count // 3 and not terminated:
+            if i == count // 3 and not attempted:
+                # Only one writer terminates, or the other would count the
+                # sessions already gone and overwrite the result.
+                attempted = True
                 terminated = await db.fetchval(
                     """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                     WHERE application_name = $1""",
