@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -22,14 +23,28 @@ from tidings.shared.subjects import (
 log = get_logger(__name__)
 
 
-async def connect_nats(settings: Settings, name: str) -> Client:
-    """Connect to NATS, retrying forever when the server goes away later."""
+async def connect_nats(
+    settings: Settings,
+    name: str,
+    *,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+    reconnected: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
+    """Connect to NATS, retrying forever when the server goes away later.
+
+    `disconnected` and `reconnected`, when given, are awaited after the
+    connection is lost and after it is back with every subscription renewed.
+    """
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected", client=name)
+        if disconnected is not None:
+            await disconnected()
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", client=name)
+        if reconnected is not None:
+            await reconnected()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", client=name, error=str(exc))

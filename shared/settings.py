@@ -40,6 +40,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     demo: bool = False
     log_format: str = "auto"
     log_level: str = "INFO"
+    token_secret: str = ""
+    token_ttl_seconds: float = 600.0
+    id_secret: str = ""
+    session_cache_seconds: float = 60.0
+    max_streams: int = 10_000
+    max_streams_per_user: int = 16
+    drain_seconds: float = 10.0
+    api_public_url: str = ""
 
     @property
     def admin_emails(self) -> frozenset[str]:
