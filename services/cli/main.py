@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="migrate the database to the latest")
     migrate.add_argument("--database-url", help="overrides TIDINGS_DATABASE_URL")
+
+    from tidings.cli.token import add_token_parser
+
+    add_token_parser(commands)
     return parser
 
 
@@ -89,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from tidings.cli.up import run_up
 
             return run_up(settings, args.data_dir)
+        if args.command == "token":
+            from tidings.cli.token import run_token
+
+            return run_token(settings, args)
         if args.command == "migrate":
             from tidings.shared.migrate import upgrade
 

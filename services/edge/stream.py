@@ -160,8 +160,14 @@ class StreamEndpoint:
             for name, value in self._origins.response_headers(request):
                 head += f"{name}: {value}\r\n".encode("latin-1")
             connection.write(head + b"\r\n" + format_retry(self.settings.retry_ms))
-            await self._start_from(connection, caller, state, _last_event_id(request))
-            log.debug("stream opened", audience=caller.audience)
+            last_event_id, source = _last_event_id(request)
+            start = await self._start_from(connection, caller, state, last_event_id)
+            log.info(
+                "stream opened",
+                audience=caller.audience,
+                start=start,
+                last_event_id_from=source,
+            )
         except AuthError as exc:
             self._refuse(connection, 401, str(exc), exc.reason, request)
         except LimitExceeded as exc:
@@ -191,7 +197,11 @@ class StreamEndpoint:
         caller: Caller,
         state: StreamState,
         last_event_id: str,
-    ) -> None:
+    ) -> str:
+        """Write what precedes live events; return how the stream started.
+
+        That is `resume` (replayed after the id), `reset` or `fresh`.
+        """
         through = state.last_sequence
         current_id = f"{state.epoch}.{through}"
         if last_event_id:
@@ -209,12 +219,13 @@ class StreamEndpoint:
             else:
                 through = await self._replay(connection, after)
                 connection.release_live(through)
-                return
+                return "resume"
         status = await read_status(self._pool, caller.user_id)
         self._check_gone(connection)
         frame = format_event("notification_status", encode(status), current_id)
         connection.write(frame)
         connection.release_live(through)
+        return "reset" if last_event_id else "fresh"
 
     async def _replay(self, connection: SseConnection, after: int) -> int:
         """Write the stored events of the stream's audiences after `after`.
@@ -319,7 +330,14 @@ def _cookie(header: str, name: str) -> str:
     return ""
 
 
-def _last_event_id(request: StreamRequest) -> str:
-    # The header, which browsers send on reconnects, wins over the query
-    # parameter a page sets when it opens a new EventSource itself.
-    return request.header("last-event-id") or request.param("lastEventId")
+def _last_event_id(request: StreamRequest) -> tuple[str, str | None]:
+    """Return the last event id and where it came from (`header` or `query`).
+
+    The header, which browsers send on reconnects, wins over the query
+    parameter a page sets when it opens a new EventSource itself.
+    """
+    if value := request.header("last-event-id"):
+        return value, "header"
+    if value := request.param("lastEventId"):
+        return value, "query"
+    return "", None
