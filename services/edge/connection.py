@@ -5,7 +5,8 @@ writes each frame straight to the transport. When the transport's buffer is
 full (the client reads slower than events come), frames wait in a bounded
 list; a client that falls `limit` frames behind is cut off, and comes back
 with an old id to catch up or be reset. While a stream catches up, live
-frames wait in the same bound until the replay is written.
+frames wait in the same bound until the replay is written; past it they are
+dropped, and the replay goes on to cover them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SseConnection(asyncio.Protocol):
         "last_write",
         "limit",
         "opened_at",
+        "overflow_through",
         "owner",
         "pending",
         "queued",
@@ -58,8 +60,11 @@ class SseConnection(asyncio.Protocol):
         # Live frames at or below this sequence were replayed or deliberately
         # skipped (the stream was told so by an id), so they are dropped.
         self.skip_through = 0
-        # Live frames held back while the stream catches up, or None.
+        # Live frames held back while the stream catches up, or None. When
+        # more come than `limit`, the rest are dropped and the highest dropped
+        # sequence is kept, for the replay to go on past it.
         self.pending: list[tuple[int, bytes]] | None = None
+        self.overflow_through = 0
         # Frames waiting for a paused transport, or None.
         self.queued: list[bytes] | None = None
         self.closed = False
@@ -120,7 +125,7 @@ class SseConnection(asyncio.Protocol):
         elif len(pending) < self.limit:
             pending.append((sequence, frame))
         else:
-            self.cut("slow")
+            self.overflow_through = max(self.overflow_through, sequence)
 
     def hold_live(self) -> None:
         """Start holding live frames back while a replay is written."""
@@ -129,6 +134,7 @@ class SseConnection(asyncio.Protocol):
     def release_live(self, through: int) -> None:
         """Write held live frames after sequence `through`; deliver live again."""
         self.skip_through = max(self.skip_through, through)
+        self.overflow_through = 0
         pending, self.pending = self.pending, None
         for sequence, frame in pending or ():
             if sequence > self.skip_through:

@@ -51,6 +51,8 @@ _STREAM_HEAD = (
 # with consumers.
 _CONCURRENT_REPLAYS = 32
 _KEEPALIVE_BATCH = 1000
+# Replays after which a stream whose live events keep overflowing is ended.
+_MAX_REPLAY_ROUNDS = 10
 
 
 class _Gone(Exception):
@@ -230,8 +232,20 @@ class StreamEndpoint:
     async def _replay(self, connection: SseConnection, after: int) -> int:
         """Write the stored events of the stream's audiences after `after`.
 
-        Returns the last sequence replayed, or `after` when there was none.
+        Live frames that did not fit the held bound are replayed too, in
+        further rounds. Returns the last sequence replayed, or `after`.
         """
+        through = after
+        for _ in range(_MAX_REPLAY_ROUNDS):
+            through = await self._replay_round(connection, through)
+            if connection.overflow_through <= through:
+                return through
+        raise ReplayError(
+            f"live events outran {_MAX_REPLAY_ROUNDS} replay rounds; "
+            "the client reconnects and resumes"
+        )
+
+    async def _replay_round(self, connection: SseConnection, after: int) -> int:
         subjects = [event_subject(a) for a in connection.audiences]
         through = after
         async with self._replays:
