@@ -278,7 +278,9 @@ async def start_edge(settings: Settings, db: asyncpg.Pool):
         changes = {"token_secret": TOKEN_SECRET, "drain_seconds": 0.5, **changes}
         edge = Edge(settings.replace(**changes))
         await edge.start()
-        nc = await nats.connect(settings.nats_url)
+        nc = await nats.connect(
+            edge.settings.nats_url, reconnect_time_wait=0.1, max_reconnect_attempts=-1
+        )
         started.append(EdgeUnderTest(edge, nc))
         return started[-1]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import nats.errors
 from litestar import Litestar, MediaType, get
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
@@ -101,7 +102,11 @@ class Edge:
         if self.hub is not None:
             await self.hub.close()
         if self.nc is not None:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except nats.errors.Error as exc:
+                log.warning("nats not drained", error=str(exc))
+                await self.nc.close()
         if self.pool is not None:
             await self.pool.close()
         log.info("edge stopped")

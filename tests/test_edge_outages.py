@@ -1,0 +1,156 @@
+"""The edge through a NATS restart and through its own SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EdgeUnderTest, create_user
+from tests.sse_client import SseStream, open_stream
+from tidings.shared.embedded import EmbeddedNats, free_port
+from tidings.shared.settings import Settings
+
+
+async def _wait_for(condition, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def _ids(stream: SseStream, count: int) -> list[str]:
+    return [(await stream.next_event(timeout=20)).id or "" for _ in range(count)]
+
+
+@pytest.fixture
+def dedicated_nats(tmp_path: Path):
+    """A NATS server of this test alone, which it may stop and start again."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_nats_restart_loses_nothing(dedicated_nats, start_edge, db):
+    """Events stored around a NATS restart reach a connected stream once each,
+    and a client that reconnects with its last id gets them all."""
+    under_test: EdgeUnderTest = await start_edge(nats_url=dedicated_nats.url)
+    edge = under_test.edge
+    alice = await create_user(db, "alice")
+    audience = f"user.{alice.id}"
+
+    async with open_stream(under_test.stream_url, headers=alice.headers) as stay:
+        await stay.wait_status()
+        async with open_stream(under_test.stream_url, headers=alice.headers) as leave:
+            await leave.wait_status()
+            before = [await under_test.publish(audience, "history_update", b"{}")]
+            last_seen = (await _ids(leave, 1))[0]
+
+        dedicated_nats.stop()
+        await _wait_for(lambda: not edge.nc.is_connected)
+        dedicated_nats.start()
+        await _wait_for(lambda: under_test.nc.is_connected)
+        during = [
+            await under_test.publish(audience, "history_update", b"{}")
+            for _ in range(5)
+        ]
+        await _wait_for(edge.is_ready)
+        after = [
+            await under_test.publish(audience, "history_update", b"{}")
+            for _ in range(5)
+        ]
+        stayed = await _ids(stay, 1 + len(during) + len(after))
+        await asyncio.sleep(0.2)
+        extra = stay.frames.qsize()
+
+    headers = {**alice.headers, "last-event-id": last_seen}
+    async with open_stream(under_test.stream_url, headers=headers) as back:
+        resumed = await _ids(back, len(during) + len(after))
+
+    expected = [under_test.event_id(s) for s in before + during + after]
+    assert stayed == expected
+    assert extra == 0
+    assert resumed == expected[1:]
+
+
+def _edge_environment(settings: Settings, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env.update(
+        TIDINGS_DATABASE_URL=settings.database_url,
+        TIDINGS_NATS_URL=settings.nats_url,
+        TIDINGS_EDGE_PORT=str(port),
+        TIDINGS_DRAIN_SECONDS="2",
+        TIDINGS_KEEPALIVE_SECONDS="0.5",
+        TIDINGS_LOG_FORMAT="json",
+    )
+    return env
+
+
+async def _start_edge_process(settings: Settings, port: int, log: Path):
+    with log.open("ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tidings.cli.main",
+            "edge",
+            env=_edge_environment(settings, port),
+            stdout=output,
+            stderr=output,
+        )
+    async with httpx.AsyncClient() as client:
+        async with asyncio.timeout(30):
+            while True:
+                if process.returncode is not None:
+                    raise AssertionError(log.read_text()[-3000:])
+                with contextlib.suppress(httpx.TransportError):
+                    ready = await client.get(f"http://127.0.0.1:{port}/readyz")
+                    if ready.status_code == 200:
+                        return process
+                await asyncio.sleep(0.05)
+
+
+async def test_sigterm_drains_within_grace(settings, db, tmp_path):
+    """On SIGTERM the edge refuses new connections, ends its streams spread
+    over the drain window, and exits in time."""
+    port = free_port()
+    process = await _start_edge_process(settings, port, tmp_path / "edge.log")
+    alice = await create_user(db, "alice")
+    url = f"http://127.0.0.1:{port}/api/events/stream"
+    ended: list[float] = []
+
+    async with contextlib.AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(open_stream(url, headers=alice.headers))
+            for _ in range(12)
+        ]
+        for stream in streams:
+            await stream.wait_status()
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await _wait_for(lambda: _refuses_connections(port), timeout=5)
+        for stream in streams:
+            async with asyncio.timeout(10):
+                await stream.closed.wait()
+            ended.append(time.monotonic() - started)
+    async with asyncio.timeout(15):
+        code = await process.wait()
+    exited = time.monotonic() - started
+
+    assert code == 0
+    assert max(ended) < 2 + 3
+    assert max(ended) - min(ended) >= 0.5
+    assert exited < 2 + 8
+
+
+def _refuses_connections(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
