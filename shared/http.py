@@ -26,6 +26,7 @@ class HttpServer:
         http: type[asyncio.Protocol] | str = "auto",
         backlog: int = 2048,
         capture_signals: bool = True,
+        headers: list[tuple[str, str]] | None = None,
     ):
         config = uvicorn.Config(
             app,
@@ -37,6 +38,7 @@ class HttpServer:
             timeout_graceful_shutdown=max(1, int(grace_seconds)),
             http=http,
             backlog=backlog,
+            headers=headers,
         )
         server_class = uvicorn.Server if capture_signals else _SignalFreeServer
         self.server = server_class(config)

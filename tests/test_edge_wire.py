@@ -127,6 +127,7 @@ async def test_other_routes_still_served(edge: EdgeUnderTest):
         missing = await client.get(f"{edge.url}/api/events/streams")
 
     assert health.json() == {"status": "ok"}
+    assert health.headers["connection"] == "close"
     assert ready.status_code == 200
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]

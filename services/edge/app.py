@@ -24,7 +24,7 @@ from tidings.edge.galaxy_cookie import SessionCookieDecoder
 from tidings.edge.hub import Hub
 from tidings.edge.limits import StreamLimits
 from tidings.edge.protocol import protocol_class
-from tidings.edge.routes import mint_stream_token
+from tidings.edge.routes import mint_stream_token, stream_on_reused_connection
 from tidings.edge.stream import StreamEndpoint
 from tidings.edge.tokens import TokenSigner
 from tidings.shared.db import create_pool
@@ -82,6 +82,9 @@ class Edge:
             http=protocol_class(self.endpoint.handle),
             backlog=_LISTEN_BACKLOG,
             capture_signals=False,
+            # The edge's protocol routes a connection by its first request;
+            # one that uvicorn served must not carry a stream request later.
+            headers=[("connection", "close")],
         )
         await self._http.start()
         self.endpoint.start()
@@ -129,6 +132,7 @@ class Edge:
         """Build the Litestar app serving every route but the stream."""
         handlers: list = [
             mint_stream_token,
+            stream_on_reused_connection,
             self._stats_handler(),
             *health_handlers(self.is_ready),
             create_static_files_router(path="/static", directories=[STATIC_DIR]),

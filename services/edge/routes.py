@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from litestar import MediaType, Request, post
+from litestar import MediaType, Request, get, post
 from litestar.di import NamedDependency
 from litestar.response import Response
 
@@ -50,4 +50,21 @@ async def mint_stream_token(
             "expires_in": int(signer.ttl_seconds),
             "expires_at": expires_at.isoformat(),
         }
+    )
+
+
+@get("/api/events/stream", media_type=MediaType.JSON)
+async def stream_on_reused_connection() -> Response[dict]:
+    """Answer a stream request that arrived behind another on one connection.
+
+    Streams are served only as the first request of a connection (every
+    other response of the edge closes its connection); 421 tells the client
+    to retry on a new one.
+    """
+    return Response(
+        {
+            "detail": "open the event stream on a new connection",
+            "reason": "misdirected",
+        },
+        status_code=421,
     )
