@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
+import socket
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import EdgeUnderTest, create_user
+from tests.edge_process import start_edge_process
 from tests.sse_client import SseStream, open_stream
 from tidings.shared.embedded import EmbeddedNats, free_port
-from tidings.shared.settings import Settings
 
 
 async def _wait_for(condition, timeout: float = 20.0) -> None:
@@ -80,47 +78,11 @@ async def test_nats_restart_loses_nothing(dedicated_nats, start_edge, db):
     assert resumed == expected[1:]
 
 
-def _edge_environment(settings: Settings, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    env.update(
-        TIDINGS_DATABASE_URL=settings.database_url,
-        TIDINGS_NATS_URL=settings.nats_url,
-        TIDINGS_EDGE_PORT=str(port),
-        TIDINGS_DRAIN_SECONDS="2",
-        TIDINGS_KEEPALIVE_SECONDS="0.5",
-        TIDINGS_LOG_FORMAT="json",
-    )
-    return env
-
-
-async def _start_edge_process(settings: Settings, port: int, log: Path):
-    with log.open("ab") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tidings.cli.main",
-            "edge",
-            env=_edge_environment(settings, port),
-            stdout=output,
-            stderr=output,
-        )
-    async with httpx.AsyncClient() as client:
-        async with asyncio.timeout(30):
-            while True:
-                if process.returncode is not None:
-                    raise AssertionError(log.read_text()[-3000:])
-                with contextlib.suppress(httpx.TransportError):
-                    ready = await client.get(f"http://127.0.0.1:{port}/readyz")
-                    if ready.status_code == 200:
-                        return process
-                await asyncio.sleep(0.05)
-
-
 async def test_sigterm_drains_within_grace(settings, db, tmp_path):
     """On SIGTERM the edge refuses new connections, ends its streams spread
     over the drain window, and exits in time."""
     port = free_port()
-    process = await _start_edge_process(settings, port, tmp_path / "edge.log")
+    process = await start_edge_process(settings, port, tmp_path / "edge.log")
     alice = await create_user(db, "alice")
     url = f"http://127.0.0.1:{port}/api/events/stream"
     ended: list[float] = []
@@ -150,7 +112,5 @@ async def test_sigterm_drains_within_grace(settings, db, tmp_path):
 
 
 def _refuses_connections(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
