@@ -26,35 +26,53 @@ import uvloop
 _TIMEOUT_SECONDS = 120.0
 
 
+class _Arrivals:
+    """Arrival times of one marker, and a future set when all have arrived."""
+
+    def __init__(self, expected: int):
+        self.expected = expected
+        self.times: list[float] = []
+        self.done = asyncio.get_running_loop().create_future()
+
+    def note(self) -> None:
+        self.times.append(time.monotonic())
+        if len(self.times) == self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
 class _Client(asyncio.Protocol):
-    __slots__ = ("arrived", "buffer", "marker", "ready", "ready_bytes", "transport")
+    __slots__ = ("arrivals", "marker", "ready", "ready_bytes", "tail", "transport")
 
     def __init__(self, ready_bytes: bytes):
         self.ready_bytes = ready_bytes
         self.ready = asyncio.get_running_loop().create_future()
-        self.buffer = b""
+        self.tail = b""
         self.marker: bytes | None = None
-        self.arrived: asyncio.Future | None = None
+        self.arrivals: _Arrivals | None = None
         self.transport = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.buffer = (self.buffer + data)[-4096:]
-        if not self.ready.done() and self.ready_bytes in self.buffer:
+        # The tail of the previous chunk catches a marker split across two.
+        seen = self.tail + data
+        self.tail = data[-256:]
+        if not self.ready.done() and self.ready_bytes in seen:
             self.ready.set_result(None)
-            self.buffer = b""
-        if self.marker is not None and self.marker in self.buffer:
+        marker = self.marker
+        if marker is not None and marker in seen:
             self.marker = None
-            self.buffer = b""
-            if self.arrived is not None and not self.arrived.done():
-                self.arrived.set_result(time.monotonic())
+            self.tail = b""
+            assert self.arrivals is not None
+            self.arrivals.note()
 
     def connection_lost(self, exc) -> None:
-        for future in (self.ready, self.arrived):
-            if future is not None and not future.done():
-                future.set_exception(ConnectionError("stream closed"))
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("stream closed"))
+        arrivals = self.arrivals
+        if self.marker is not None and arrivals and not arrivals.done.done():
+            arrivals.done.set_exception(ConnectionError("stream closed"))
 
 
 async def _open(host, port, path, ready, clients, limit) -> bool:
@@ -76,13 +94,15 @@ async def _open(host, port, path, ready, clients, limit) -> bool:
 
 
 async def _wait(clients: list[_Client], marker: bytes) -> dict:
-    loop = asyncio.get_running_loop()
+    arrivals = _Arrivals(len(clients))
     for client in clients:
-        client.arrived = loop.create_future()
+        client.arrivals = arrivals
+        client.tail = b""
         client.marker = marker
     print(json.dumps({"armed": len(clients)}), flush=True)
     async with asyncio.timeout(_TIMEOUT_SECONDS):
-        times = await asyncio.gather(*(c.arrived for c in clients))
+        await arrivals.done
+    times = arrivals.times
     return {"first": min(times), "last": max(times), "median": statistics.median(times)}
 
 

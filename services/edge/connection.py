@@ -114,14 +114,24 @@ class SseConnection(asyncio.Protocol):
         else:
             self.cut("slow")
 
-    def offer(self, sequence: int, frame: bytes) -> None:
-        """Deliver a live frame unless it was replayed or skipped already."""
+    def offer(self, sequence: int, frame: bytes, now: float) -> None:
+        """Deliver a live frame unless it was replayed or skipped already.
+
+        `now` is the `time.monotonic()` of the fan-out, read once for all
+        of its streams.
+        """
         if sequence <= self.skip_through:
             return
         self.events += 1
         pending = self.pending
         if pending is None:
-            self.write(frame)
+            if self.queued is None and not self.closed:
+                # The common case, kept to one call: a broadcast runs it for
+                # every stream of the process.
+                self.last_write = now
+                self.transport.write(frame)
+            else:
+                self.write(frame)
         elif len(pending) < self.limit:
             pending.append((sequence, frame))
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 
 import msgspec
 import nats.errors
@@ -211,8 +212,9 @@ class Hub:
         except FramingError as exc:
             log.error("event dropped", sequence=sequence, error=str(exc))
             return
+        now = time.monotonic()
         for connection in list(audience.members):
-            connection.offer(sequence, frame)
+            connection.offer(sequence, frame, now)
 
     def frame(self, event_type: str | None, data: bytes, sequence: int) -> bytes:
         """Encode an event of `TIDINGS_EVENTS` as an SSE frame with its id."""
