@@ -5,9 +5,9 @@ and NATS; a separate client process (`bench.sse_clients`) opens the
 connections and watches them. Memory per connection is the growth of the
 server's resident set from before the first connection to after the last,
 divided by the number of connections. Broadcast time runs from publishing
-one event to `tidings.event.all` (republished to `tidings.live.all`, which
-both servers subscribe to) until the last connection received it; the
-median over `BROADCAST_ROUNDS` rounds is reported.
+one event to `tidings.event.all` until the last connection received it.
+Both servers subscribe to `tidings.live.all`, where the stream republishes
+it. The median over `BROADCAST_ROUNDS` rounds is reported.
 
 The servers:
 - Tidings: `tidings edge`; each connection holds a stream token of its own

@@ -25,7 +25,7 @@ _nats: list = []
 
 @get("/stream")
 async def stream() -> ServerSentEvent:
-    """One SSE stream: whatever the fan-out loop puts into its queue."""
+    """Stream whatever the fan-out loop puts into this connection's queue."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     _queues.add(queue)
 

@@ -9,6 +9,8 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.edge import measure_connections
+from bench.edge import table as connections_table
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
 
@@ -43,7 +45,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write(table: str) -> None:
+def _write(table: str, extra: str = "") -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     machine += f", Python {platform.python_version()}"
     text = f"""# Benchmarks
@@ -55,8 +57,21 @@ Postgres, NATS and the four services run on the same machine, started by
 ## Commit-to-frame latency of a history change
 
 {table}
-"""
+{extra}"""
     OUTPUT.write_text(text)
+
+
+def _connections_section(connections: int, rows: list[dict]) -> str:
+    return f"""
+## {connections:,} idle SSE connections in one process
+
+Each server is its own process; one client process on the same machine
+holds every connection over loopback (`bench/edge.py` says how each figure
+is taken). Broadcast times run from publishing one event to the moment the
+client read it on the last (or the median) connection, median of 5 rounds.
+
+{connections_table(rows)}
+"""
 
 
 def main() -> None:
@@ -66,11 +81,30 @@ def main() -> None:
     parser.add_argument(
         "--baseline-changes", type=int, default=10, help="changes seen by polling"
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=10_000,
+        help="idle SSE connections held by one edge process (0 skips that part)",
+    )
+    parser.add_argument(
+        "--tabs-per-user",
+        type=int,
+        default=1,
+        help="connections that share one user, and so one NATS subscription",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
     print(table)
-    _write(table)
+    extra = ""
+    if args.connections > 0:
+        edge_rows = asyncio.run(
+            measure_connections(args.connections, args.tabs_per_user)
+        )
+        extra = _connections_section(args.connections, edge_rows)
+        print(connections_table(edge_rows))
+    _write(table, extra)
     print(f"written to {OUTPUT}")
 
 

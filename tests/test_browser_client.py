@@ -88,7 +88,7 @@ async def _is_zero(count) -> bool:
 
 
 async def test_no_stream_inside_iframe(edge: EdgeUnderTest, db, browser):  # noqa: F811
-    """A page inside an iframe opens no stream: the top page holds the tab's."""
+    """A page inside an iframe opens no stream, leaving it to the top page."""
     alice = await create_user(db, "alice")
     page = await browser.new_page()
     await page.goto(f"{edge.url}/healthz")

@@ -40,7 +40,7 @@ async def test_payload_texts_arrive_exactly(edge: EdgeUnderTest, db):
 
 
 async def test_raw_data_lines_are_not_comments(edge: EdgeUnderTest, db):
-    """Data that starts with a colon or holds blank lines stays data, not comments."""
+    """Data starting with a colon or with blank lines stays data, not comments."""
     alice = await create_user(db, "alice")
 
     async with open_stream(edge.stream_url, headers=alice.headers) as stream:
@@ -85,7 +85,7 @@ async def test_keepalive_interval_configurable(start_edge, db):
 
 
 async def test_no_compression_and_proxy_headers(edge: EdgeUnderTest, db):
-    """The stream is never compressed, and tells proxies not to buffer it."""
+    """The stream is never compressed, and asks proxies not to buffer it."""
     alice = await create_user(db, "alice")
     headers = {**alice.headers, "accept-encoding": "gzip, br, deflate"}
 

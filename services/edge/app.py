@@ -115,7 +115,7 @@ class Edge:
         log.info("edge stopped")
 
     def is_ready(self) -> bool:
-        """Whether NATS is connected, live delivery is whole and no drain runs."""
+        """Return whether NATS is up, live delivery is whole and no drain runs."""
         if self.draining or self.nc is None or not self.nc.is_connected:
             return False
         return self.hub is not None and not self.hub.recovering

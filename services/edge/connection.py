@@ -2,9 +2,9 @@
 
 An idle stream costs this object and its transport, and no task: the hub
 writes each frame straight to the transport. When the transport's buffer is
-full (the client reads slower than events come), frames wait in a bounded
-list; a client that falls `limit` frames behind is cut off, and comes back
-with an old id to catch up or be reset. While a stream catches up, live
+full because the client reads slower than events come, frames wait in a
+bounded list. A client that falls `limit` frames behind is cut off. It comes
+back with an old id to catch up or be reset. While a stream catches up, live
 frames wait in the same bound until the replay is written; past it they are
 dropped, and the replay goes on to cover them.
 """
@@ -21,7 +21,7 @@ log = get_logger(__name__)
 
 
 class StreamOwner(Protocol):
-    """What a connection reports to when its socket goes away."""
+    """The owner a connection notifies when its socket goes away."""
 
     def release(self, connection: SseConnection) -> None: ...
 
@@ -57,8 +57,8 @@ class SseConnection(asyncio.Protocol):
         self.audiences = audiences
         self.limit = limit
         self.owner = owner
-        # Live frames at or below this sequence were replayed or deliberately
-        # skipped (the stream was told so by an id), so they are dropped.
+        # Live frames at or below this sequence were replayed, or skipped on
+        # purpose under an id the stream already sent, so they are dropped.
         self.skip_through = 0
         # Live frames held back while the stream catches up, or None. When
         # more come than `limit`, the rest are dropped and the highest dropped

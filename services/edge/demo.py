@@ -75,7 +75,7 @@ async def demo_users(
 
 @get("/demo/config", media_type=MediaType.JSON)
 async def demo_config(settings: NamedDependency[Settings]) -> dict[str, str]:
-    """Where the page finds the notification API (`TIDINGS_API_PUBLIC_URL`)."""
+    """Return the URL of the notification API (`TIDINGS_API_PUBLIC_URL`)."""
     return {"api_url": settings.api_public_url.rstrip("/")}
 
 
@@ -83,7 +83,7 @@ async def demo_config(settings: NamedDependency[Settings]) -> dict[str, str]:
 async def demo_status(
     request: Request, db_pool: NamedDependency[asyncpg.Pool]
 ) -> NotificationStatus:
-    """The notification status of the user owning the `x-api-key`, for the bell."""
+    """Return the notification status of the `x-api-key` owner, for the bell."""
     key = request.headers.get("x-api-key", "")
     user_id = await db_pool.fetchval(_USER_BY_KEY, key) if key else None
     if user_id is None:

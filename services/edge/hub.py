@@ -11,8 +11,8 @@ fills them from `TIDINGS_EVENTS`:
   previous message on its subject. When that is past the last sequence the
   hub saw on the subject, the messages in between are replayed first.
 - While NATS is away nothing arrives. From the disconnect on, live messages
-  are held; once NATS is back, the hub replays its subjects after the
-  highest sequence it delivered, then lets the held messages through,
+  are held. Once NATS is back, the hub replays its subjects after the
+  highest sequence it delivered. Then it lets the held messages through,
   dropping those the replay already delivered.
 - When the stream was recreated (a new epoch) or no longer holds what was
   missed, the hub ends every stream: clients come back with their last id
@@ -56,7 +56,7 @@ _MAX_FILTER_SUBJECTS = 100
 
 
 class StreamState(msgspec.Struct, frozen=True):
-    """Where `TIDINGS_EVENTS` stands: its epoch and first and last sequences."""
+    """The state of `TIDINGS_EVENTS`: its epoch and first and last sequences."""
 
     epoch: str
     first_sequence: int
@@ -118,7 +118,7 @@ class Hub:
         )
 
     async def stream_state(self) -> StreamState:
-        """Read where `TIDINGS_EVENTS` stands now."""
+        """Read the current state of `TIDINGS_EVENTS`."""
         return await self.read_state(self._js)
 
     async def attach(self, connection: SseConnection) -> StreamState:
@@ -146,7 +146,7 @@ class Hub:
         return state
 
     def detach(self, connection: SseConnection) -> None:
-        """Stop delivering to the connection; drop subscriptions nobody needs."""
+        """Stop delivering to the connection, and drop subscriptions left unused."""
         for name in connection.audiences:
             audience = self._audiences.get(name)
             if audience is None:
@@ -158,7 +158,7 @@ class Hub:
                     self._spawn(_unsubscribe(audience.subscription))
 
     def connections(self) -> set[SseConnection]:
-        """Every registered stream."""
+        """Return every registered stream."""
         return {c for a in self._audiences.values() for c in a.members}
 
     async def close(self) -> None:
@@ -302,7 +302,7 @@ class Hub:
         log.info("recovered after reconnect", events=count, through=self.live_high)
 
     def _end_all(self, through: int) -> None:
-        """End every stream; what the hub sees next starts after `through`."""
+        """End every stream, and continue live delivery after sequence `through`."""
         self.live_high = through
         for audience in self._audiences.values():
             audience.last_sequence = through

@@ -3,7 +3,7 @@
 A page that cannot send its credentials on the stream request itself (a
 cross-origin page without the cookie, or one holding an API key) fetches a
 token here and opens `EventSource(".../api/events/stream?token=...")`. The
-caller proves who it is with an API key or the Galaxy session cookie; a
+caller proves who it is with an API key or the Galaxy session cookie. A
 token cannot be traded for a new one, so a leaked token dies at its expiry.
 """
 
@@ -55,11 +55,11 @@ async def mint_stream_token(
 
 @get("/api/events/stream", media_type=MediaType.JSON)
 async def stream_on_reused_connection() -> Response[dict]:
-    """Answer a stream request that arrived behind another on one connection.
+    """Return 421 for a stream request that followed another on one connection.
 
     Streams are served only as the first request of a connection (every
-    other response of the edge closes its connection); 421 tells the client
-    to retry on a new one.
+    other response of the edge closes its connection). A 421 makes the client
+    retry on a new connection.
     """
     return Response(
         {

@@ -55,7 +55,7 @@ _KEEPALIVE_BATCH = 1000
 _MAX_REPLAY_ROUNDS = 10
 
 
-class _Gone(Exception):
+class _ClientGone(Exception):
     """The client went away while its stream was opening."""
 
 
@@ -108,9 +108,9 @@ class StreamEndpoint:
 
     def handle(self, transport: asyncio.Transport, request: StreamRequest) -> None:
         """Answer a stream request whose head was just read."""
-        refusal = self._refusal(request)
-        if refusal is not None:
-            transport.write(refusal)
+        rejection = self._rejection(request)
+        if rejection is not None:
+            transport.write(rejection)
             transport.close()
             return
         connection = SseConnection(transport, (), self.settings.queue_size, self)
@@ -119,7 +119,7 @@ class StreamEndpoint:
             self._open_stream(connection, request)
         )
 
-    def _refusal(self, request: StreamRequest) -> bytes | None:
+    def _rejection(self, request: StreamRequest) -> bytes | None:
         if not self._origins.allows(request):
             return json_response(
                 403,
@@ -171,10 +171,10 @@ class StreamEndpoint:
                 last_event_id_from=source,
             )
         except AuthError as exc:
-            self._refuse(connection, 401, str(exc), exc.reason, request)
+            self._reject(connection, 401, str(exc), exc.reason, request)
         except LimitExceeded as exc:
-            self._refuse(connection, 429, str(exc), exc.reason, request)
-        except _Gone:
+            self._reject(connection, 429, str(exc), exc.reason, request)
+        except _ClientGone:
             pass
         except (
             ReplayError,
@@ -187,7 +187,7 @@ class StreamEndpoint:
             if connection in self._open:
                 connection.end()
             else:
-                self._refuse(connection, 503, "edge unavailable; retry", "unavailable")
+                self._reject(connection, 503, "edge unavailable; retry", "unavailable")
         finally:
             del self._opening[connection]
             if connection.closed:
@@ -268,9 +268,9 @@ class StreamEndpoint:
 
     def _check_gone(self, connection: SseConnection) -> None:
         if connection.closed:
-            raise _Gone
+            raise _ClientGone
 
-    def _refuse(
+    def _reject(
         self,
         connection: SseConnection,
         status: int,
