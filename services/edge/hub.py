@@ -63,15 +63,22 @@ class StreamState(msgspec.Struct, frozen=True):
     last_sequence: int
 
 
+class SubscribeError(TidingsError):
+    """A live subscription could not be made."""
+
+
 class _Audience:
     """The subscription of one audience and the streams that hear it."""
 
-    __slots__ = ("last_sequence", "members", "name", "subscription")
+    __slots__ = ("last_sequence", "members", "name", "ready", "subscription")
 
     def __init__(self, name: str):
         self.name = name
         self.members: set[SseConnection] = set()
         self.subscription: Subscription | None = None
+        # Set, then dropped, once the subscription is known to the server or
+        # has failed; an idle audience keeps no event.
+        self.ready: asyncio.Event | None = asyncio.Event()
         # Highest sequence delivered on this subject; None until known.
         self.last_sequence: int | None = None
 
@@ -126,24 +133,53 @@ class Hub:
 
         Returns the stream's state read after every subscription is known to
         the server, so each event past its last sequence reaches the stream.
+        Raises `SubscribeError` (or a NATS error) when a subscription failed;
+        the connection is detached again then.
         """
-        added = []
+        added, joined = [], []
         for name in connection.audiences:
             audience = self._audiences.get(name)
             if audience is None:
                 audience = self._audiences[name] = _Audience(name)
-                audience.subscription = await self._nc.subscribe(
-                    live_subject(name), cb=functools.partial(self._on_live, audience)
-                )
                 added.append(audience)
             audience.members.add(connection)
-        if added:
-            await self._nc.flush()
-        state = await self.stream_state()
+            joined.append(audience)
+        try:
+            await self._subscribe(added)
+            for audience in joined:
+                if audience.ready is not None:
+                    await audience.ready.wait()
+                if audience.subscription is None:
+                    raise SubscribeError(f"subscribing {audience.name} failed")
+            state = await self.stream_state()
+        except BaseException:
+            self.detach(connection)
+            raise
         for audience in added:
             if audience.last_sequence is None:
                 audience.last_sequence = state.last_sequence
         return state
+
+    async def _subscribe(self, audiences: list[_Audience]) -> None:
+        # Other streams of these audiences wait on `ready` meanwhile, so none
+        # reads the stream's state before the server knows the subscription.
+        try:
+            for audience in audiences:
+                subscription = await self._nc.subscribe(
+                    live_subject(audience.name),
+                    cb=functools.partial(self._on_live, audience),
+                )
+                if self._audiences.get(audience.name) is audience:
+                    audience.subscription = subscription
+                else:
+                    self._spawn(_unsubscribe(subscription))
+            if audiences:
+                await self._nc.flush()
+        finally:
+            for audience in audiences:
+                ready, audience.ready = audience.ready, None
+                if ready is not None:
+                    ready.set()
 
     def detach(self, connection: SseConnection) -> None:
         """Stop delivering to the connection, and drop subscriptions left unused."""

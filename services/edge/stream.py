@@ -33,6 +33,7 @@ from tidings.edge.limits import LimitExceeded, StreamLimits
 from tidings.edge.protocol import StreamRequest, encode_response, json_response
 from tidings.edge.sse import KEEPALIVE, FramingError, format_event, format_retry
 from tidings.edge.status import read_status
+from tidings.shared.errors import TidingsError
 from tidings.shared.events import Reset, encode
 from tidings.shared.logs import get_logger
 from tidings.shared.settings import Settings
@@ -177,7 +178,7 @@ class StreamEndpoint:
         except _ClientGone:
             pass
         except (
-            ReplayError,
+            TidingsError,
             nats.errors.Error,
             asyncpg.PostgresError,
             OSError,
