@@ -7,6 +7,7 @@ import contextlib
 import signal
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tests.conftest import EdgeUnderTest, create_user
 from tests.edge_process import start_edge_process
 from tests.sse_client import SseStream, open_stream
 from tidings.shared.embedded import EmbeddedNats, free_port
+from tidings.shared.subjects import EVENTS_STREAM
 
 
 async def _wait_for(condition, timeout: float = 20.0) -> None:
@@ -114,3 +116,24 @@ async def test_sigterm_drains_within_grace(settings, db, tmp_path):
 def _refuses_connections(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_live_gap_filled_from_stream(edge: EdgeUnderTest, db):
+    """Events the live subject never carried are replayed before the next one."""
+    alice = await create_user(db, "alice")
+    audience = f"user.{alice.id}"
+    js = edge.nc.jetstream()
+    config = (await js.stream_info(EVENTS_STREAM)).config
+
+    async with open_stream(edge.stream_url, headers=alice.headers) as stream:
+        await stream.wait_status()
+        first = await edge.publish(audience, "history_update", b"{}")
+        await js.update_stream(replace(config, republish=None))
+        unseen = [
+            await edge.publish(audience, "history_update", b"{}") for _ in range(3)
+        ]
+        await js.update_stream(config)
+        last = await edge.publish(audience, "history_update", b"{}")
+        received = await _ids(stream, 5)
+
+    assert received == [edge.event_id(s) for s in [first, *unseen, last]]

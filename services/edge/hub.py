@@ -260,8 +260,6 @@ class Hub:
 
     async def _fill(self, audience: _Audience, after: int, before: int) -> None:
         """Replay the audience's messages between two live ones it saw."""
-        # NOTE: only a subscription that nats-py dropped messages for (its
-        # pending limits overflowed) leaves such a hole; no test forces one.
         subject = event_subject(audience.name)
         log.warning("live gap", audience=audience.name, after=after, before=before)
         try:
