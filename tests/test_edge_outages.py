@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import EdgeUnderTest, create_user
@@ -55,6 +56,8 @@ async def test_nats_restart_loses_nothing(dedicated_nats, start_edge, db):
 
         dedicated_nats.stop()
         await _wait_for(lambda: not edge.nc.is_connected)
+        async with httpx.AsyncClient() as client:
+            unready = await client.get(f"{under_test.url}/readyz")
         dedicated_nats.start()
         await _wait_for(lambda: under_test.nc.is_connected)
         during = [
@@ -75,6 +78,7 @@ async def test_nats_restart_loses_nothing(dedicated_nats, start_edge, db):
         resumed = await _ids(back, len(during) + len(after))
 
     expected = [under_test.event_id(s) for s in before + during + after]
+    assert unready.status_code == 503
     assert stayed == expected
     assert extra == 0
     assert resumed == expected[1:]
