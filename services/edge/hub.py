@@ -14,7 +14,7 @@ fills them from `TIDINGS_EVENTS`:
   are held. Once NATS is back, the hub replays its subjects after the
   highest sequence it delivered. Then it lets the held messages through,
   dropping those the replay already delivered.
-- When the stream was recreated (a new epoch) or no longer holds what was
+- When the stream was recreated (a new epoch) or no longer contains what was
   missed, the hub ends every stream: clients come back with their last id
   and are reset.
 """
@@ -162,7 +162,7 @@ class Hub:
 
     async def _subscribe(self, audiences: list[_Audience]) -> None:
         # Other streams of these audiences wait on `ready` meanwhile, so none
-        # reads the stream's state before the server knows the subscription.
+        # reads the stream's state before the server has the subscription.
         try:
             for audience in audiences:
                 subscription = await self._nc.subscribe(

@@ -1,17 +1,17 @@
 """The SSE endpoint `GET /api/events/stream`.
 
-Opening a stream: check the origin, authenticate, count it against the
-limits, subscribe its audiences (live frames are held from here on), write
-the response head and `retry:`, then either replay after its
-`Last-Event-ID`, or send `reset` when that id cannot be honoured, or send
-`notification_status` on a fresh connect. Held live frames follow, minus
-those the replay already wrote. From then on the hub writes to the stream
-directly and no task is left running for it.
+Opening a stream takes these steps. Check the origin, authenticate and count
+the stream against the limits. Subscribe its audiences, and hold live
+frames from here on. Write the response head and `retry:`. Then replay
+after its `Last-Event-ID`, or send `reset` when that id cannot be honoured,
+or send `notification_status` on a fresh connect. Held live frames follow,
+minus those the replay already wrote. From then on the hub writes to the
+stream directly and no task is left running for it.
 
 A `reset` or `notification_status` frame carries the id of the stream's last
-sequence when the stream was subscribed: every event up to it is either in
-the state the client fetches, or was replayed, so a client that reconnects
-with that id misses nothing.
+sequence when the stream was subscribed. Every event up to it is reflected
+in the state the client fetches then, so a client that reconnects with that
+id misses nothing.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class StreamEndpoint:
         return len(self._open)
 
     def streams(self) -> set[SseConnection]:
-        """Every stream that has not gone away, opening or open."""
+        """Return every stream that has not gone away, opening or open."""
         return set(self._open) | set(self._opening)
 
     def start(self) -> None:
@@ -108,7 +108,7 @@ class StreamEndpoint:
     # opening
 
     def handle(self, transport: asyncio.Transport, request: StreamRequest) -> None:
-        """Answer a stream request whose head was just read."""
+        """Respond to a stream request whose head was just read."""
         rejection = self._rejection(request)
         if rejection is not None:
             transport.write(rejection)
@@ -293,7 +293,7 @@ class StreamEndpoint:
     def release(self, connection: SseConnection) -> None:
         """Forget a stream whose socket went away (called by the connection)."""
         if connection in self._opening:
-            return  # The opening task forgets it when it notices.
+            return  # The opening task forgets it once it sees the stream closed.
         self._forget(connection)
 
     def _forget(self, connection: SseConnection) -> None:
