@@ -16,6 +16,7 @@ from tests.conftest import TOKEN_SECRET, EdgeUnderTest, create_user
 from tests.sse_client import open_stream
 from tidings.edge.galaxy_cookie import SessionCookieDecoder
 from tidings.edge.tokens import TokenSigner
+from tidings.shared.errors import ConfigurationError
 from tidings.shared.subjects import session_audience
 
 ID_SECRET = "galaxy-id-secret-for-tests"
@@ -299,3 +300,29 @@ async def test_api_key_wins_over_cookie(start_edge, db):
         status = await stream.wait_status()
 
     assert status.event == "notification_status"
+
+
+def test_short_token_secret_rejected():
+    """A token secret under 16 characters is a configuration error."""
+    with pytest.raises(ConfigurationError) as caught:
+        TokenSigner("short", 60)
+
+    assert "at least 16 characters" in str(caught.value)
+
+
+def test_id_secret_length_checked():
+    """An id secret Blowfish cannot use is named with its length."""
+    with pytest.raises(ConfigurationError) as caught:
+        SessionCookieDecoder("x" * 57)
+
+    assert str(caught.value) == (
+        "TIDINGS_ID_SECRET must be 4 to 56 bytes long, as Galaxy's id_secret; it is 57"
+    )
+
+
+def test_token_without_secret_names_setting():
+    """Minting with no secret says which setting enables tokens."""
+    with pytest.raises(ConfigurationError) as caught:
+        TokenSigner("", 60).mint("user.1", 1)
+
+    assert "TIDINGS_TOKEN_SECRET" in str(caught.value)
