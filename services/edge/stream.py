@@ -23,15 +23,16 @@ import time
 import asyncpg
 import nats.errors
 
-from tidings.edge.auth import Authenticator, AuthError, Caller, Credentials
+from tidings.edge.auth import Authenticator, AuthError, Caller
 from tidings.edge.catchup import ReplayError, ResetRequired, replay, resume_after
 from tidings.edge.connection import SseConnection
 from tidings.edge.cors import OriginPolicy
-from tidings.edge.galaxy_cookie import COOKIE_NAME
+from tidings.edge.credentials import stream_credentials
 from tidings.edge.hub import Hub, StreamState
+from tidings.edge.keepalive import send_keepalives
 from tidings.edge.limits import LimitExceeded, StreamLimits
 from tidings.edge.protocol import StreamRequest, encode_response, json_response
-from tidings.edge.sse import KEEPALIVE, FramingError, format_event, format_retry
+from tidings.edge.sse import FramingError, format_event, format_retry
 from tidings.edge.status import read_status
 from tidings.shared.errors import TidingsError
 from tidings.shared.events import Reset, encode
@@ -51,7 +52,6 @@ _STREAM_HEAD = (
 # Replays running at once; more wait, so a reconnect storm cannot flood NATS
 # with consumers.
 _CONCURRENT_REPLAYS = 32
-_KEEPALIVE_BATCH = 1000
 # Replays after which a stream whose live events keep overflowing is ended.
 _MAX_REPLAY_ROUNDS = 10
 
@@ -94,7 +94,9 @@ class StreamEndpoint:
 
     def start(self) -> None:
         """Start sending keepalives."""
-        self._keepalive = asyncio.create_task(self._send_keepalives())
+        self._keepalive = asyncio.create_task(
+            send_keepalives(self._open, self.settings.keepalive_seconds)
+        )
 
     async def close(self) -> None:
         """Stop keepalives and wait for opening streams to settle."""
@@ -151,7 +153,7 @@ class StreamEndpoint:
     ) -> None:
         caller: Caller | None = None
         try:
-            caller = await self.auth.authenticate(_credentials(request))
+            caller = await self.auth.authenticate(stream_credentials(request))
             self._check_gone(connection)
             self.limits.acquire(caller.audience)
             connection.audiences = caller.audiences
@@ -309,40 +311,6 @@ class StreamEndpoint:
             events=connection.events,
             cut=connection.cut_reason,
         )
-
-    # keepalive
-
-    async def _send_keepalives(self) -> None:
-        """Write a comment to every stream that was silent for a whole interval."""
-        interval = self.settings.keepalive_seconds
-        while True:
-            await asyncio.sleep(max(0.05, interval / 4))
-            silent_since = time.monotonic() - interval
-            for index, connection in enumerate(list(self._open)):
-                if connection.pending is None and connection.last_write <= silent_since:
-                    connection.write(KEEPALIVE)
-                if index % _KEEPALIVE_BATCH == _KEEPALIVE_BATCH - 1:
-                    await asyncio.sleep(0)
-
-
-def _credentials(request: StreamRequest) -> Credentials:
-    token = request.param("token")
-    authorization = request.header("authorization")
-    if not token and authorization[:7].lower() == "bearer ":
-        token = authorization[7:].strip()
-    return Credentials(
-        token=token,
-        api_key=request.header("x-api-key") or request.param("key"),
-        session_cookie=_cookie(request.header("cookie"), COOKIE_NAME),
-    )
-
-
-def _cookie(header: str, name: str) -> str:
-    for part in header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value.strip().strip('"')
-    return ""
 
 
 def _last_event_id(request: StreamRequest) -> tuple[str, str | None]:
