@@ -1,4 +1,8 @@
-"""Keepalive comments, so proxies do not cut idle streams (60-100 s is common)."""
+"""Keepalive comments, so proxies do not cut idle streams.
+
+nginx's `proxy_read_timeout` and the idle timeout of AWS load balancers
+both default to 60 s.
+"""
 
 from __future__ import annotations
 
