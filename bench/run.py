@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bridge import bridge_table, run_bridge_bench
+from bench.edge import measure_connections
+from bench.edge import table as connections_table
 from bench.enricher import enricher_section, measure_enricher
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
@@ -92,6 +94,24 @@ that did not change in the last 100 ms goes out at once either way.
         output.write(text)
 
 
+def _connections_section(connections: int, rows: list[dict]) -> str:
+    return f"""
+## {connections:,} idle SSE connections in one process
+
+Each server is its own process; one client process on the same machine
+holds every connection over loopback (`bench/edge.py` says how each figure
+is taken). Broadcast times run from publishing one event to the moment the
+client read it on the last (or the median) connection, median of 5 rounds.
+
+{connections_table(rows)}
+"""
+
+
+def _append(text: str) -> None:
+    with OUTPUT.open("a") as output:
+        output.write(text)
+
+
 def main() -> None:
     """Run the benchmarks, print the table and write it to BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -117,6 +137,18 @@ def main() -> None:
         default=2_000,
         help="histories the enricher benchmark's changes are spread over",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=10_000,
+        help="idle SSE connections held by one edge process (0 skips that part)",
+    )
+    parser.add_argument(
+        "--tabs-per-user",
+        type=int,
+        default=1,
+        help="connections that share one user, and so one NATS subscription",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
@@ -135,8 +167,13 @@ def main() -> None:
         )
         enricher = enricher_section(enricher_rows, args.enricher_histories)
         print(enricher)
-        with OUTPUT.open("a") as output:
-            output.write(enricher)
+        _append(enricher)
+    if args.connections > 0:
+        edge_rows = asyncio.run(
+            measure_connections(args.connections, args.tabs_per_user)
+        )
+        print(connections_table(edge_rows))
+        _append(_connections_section(args.connections, edge_rows))
     print(f"written to {OUTPUT}")
 
 

@@ -89,3 +89,27 @@ change_decoder = msgspec.json.Decoder(Change)
 def encode(value: msgspec.Struct) -> bytes:
     """Encode a schema value as compact JSON (one line, no raw CR or LF)."""
     return encoder.encode(value)
+
+
+class BroadcastSummary(msgspec.Struct, frozen=True):
+    """An active broadcast, as listed in a `notification_status` event."""
+
+    id: str
+    source: str | None
+    variant: str | None
+    create_time: datetime
+    update_time: datetime
+    publication_time: datetime
+    expiration_time: datetime | None
+    content: dict
+
+
+class NotificationStatus(msgspec.Struct, frozen=True):
+    """Data of a `notification_status` event: the caller's unread summary.
+
+    `total_unread_count` counts the caller's active, unseen, undeleted
+    notifications; `broadcasts` lists the active broadcasts, newest first.
+    """
+
+    total_unread_count: int
+    broadcasts: list[BroadcastSummary]

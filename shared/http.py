@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from litestar import Litestar, MediaType, get
@@ -17,7 +18,18 @@ ReadinessCheck = Callable[[], Awaitable[bool] | bool]
 class HttpServer:
     """A uvicorn server that runs as a task and stops on request."""
 
-    def __init__(self, app, host: str, port: int, *, grace_seconds: float = 5.0):
+    def __init__(
+        self,
+        app,
+        host: str,
+        port: int,
+        *,
+        grace_seconds: float = 5.0,
+        http: type[asyncio.Protocol] | str = "auto",
+        backlog: int = 2048,
+        capture_signals: bool = True,
+        headers: list[tuple[str, str]] | None = None,
+    ):
         config = uvicorn.Config(
             app,
             host=host,
@@ -26,9 +38,13 @@ class HttpServer:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=max(1, int(grace_seconds)),
+            http=http,
+            backlog=backlog,
+            headers=headers,
         )
-        self.server = uvicorn.Server(config)
         self._address = f"{host}:{port}"
+        server_class = uvicorn.Server if capture_signals else _SignalFreeServer
+        self.server = server_class(config)
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -49,6 +65,11 @@ class HttpServer:
                 f"could not listen on {self._address}; is the port free?"
             ) from exc
 
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; connections already open go on."""
+        for server in self.server.servers:
+            server.close()
+
     async def stop(self) -> None:
         """Stop accepting, let open requests finish, and wait for the task."""
         self.server.should_exit = True
@@ -59,6 +80,18 @@ class HttpServer:
     def port(self) -> int:
         """Port the server listens on, useful when it was started on port 0."""
         return self.server.servers[0].sockets[0].getsockname()[1]
+
+
+class _SignalFreeServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT and SIGTERM to the service.
+
+    uvicorn's own handlers start its shutdown at once, before a service can
+    drain what it serves.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def health_handlers(ready: ReadinessCheck) -> list:

@@ -55,6 +55,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     enricher_cache_size: int = 100_000
     enricher_cache_seconds: float = 300.0
     dead_letters_max_age_seconds: float = 7 * 24 * 3600.0
+    token_secret: str = ""
+    token_ttl_seconds: float = 600.0
+    id_secret: str = ""
+    session_cache_seconds: float = 60.0
+    max_streams: int = 10_000
+    max_streams_per_user: int = 16
+    drain_seconds: float = 10.0
+    api_public_url: str = ""
 
     @property
     def admin_emails(self) -> frozenset[str]:

@@ -233,3 +233,68 @@ async def create_history(db: asyncpg.Pool, user: User | None, name: str = "h") -
         user.id if user else None,
         name,
     )
+
+
+TOKEN_SECRET = "test-token-secret-0123456789"
+
+
+@dataclass
+class EdgeUnderTest:
+    """An edge running in the test's event loop, and a NATS client to feed it."""
+
+    edge: Edge
+    nc: nats.aio.client.Client
+
+    @property
+    def settings(self) -> Settings:
+        return self.edge.settings
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.edge_port}"
+
+    @property
+    def stream_url(self) -> str:
+        return f"{self.url}/api/events/stream"
+
+    async def publish(self, audience: str, event_type: str, data: bytes) -> int:
+        """Store an event in TIDINGS_EVENTS as the enricher does; return its seq."""
+        ack = await self.nc.jetstream().publish(
+            event_subject(audience), data, headers={"Tidings-Event": event_type}
+        )
+        return ack.seq
+
+    def event_id(self, sequence: int) -> str:
+        """The SSE id of the event stored at `sequence`."""
+        assert self.edge.hub is not None
+        return f"{self.edge.hub.epoch}.{sequence}"
+
+
+@pytest.fixture
+async def start_edge(settings: Settings, db: asyncpg.Pool):
+    """Start edges alone (no bridge or enricher), with settings changed as asked.
+
+    Tests publish events themselves, as the enricher would.
+    """
+    started: list[EdgeUnderTest] = []
+
+    async def start(**changes: object) -> EdgeUnderTest:
+        changes = {"token_secret": TOKEN_SECRET, "drain_seconds": 0.5, **changes}
+        edge = Edge(settings.replace(**changes))
+        await edge.start()
+        nc = await nats.connect(
+            edge.settings.nats_url, reconnect_time_wait=0.1, max_reconnect_attempts=-1
+        )
+        started.append(EdgeUnderTest(edge, nc))
+        return started[-1]
+
+    yield start
+    for under_test in reversed(started):
+        await under_test.nc.close()
+        await under_test.edge.stop()
+
+
+@pytest.fixture
+async def edge(start_edge) -> EdgeUnderTest:
+    """An edge alone with the test settings and a stream token secret."""
+    return await start_edge()

@@ -34,7 +34,19 @@ class SseStream:
     retries: list[int] = field(default_factory=list)
     first_line: str | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # When set, the first `notification_status` frame is kept here instead of
+    # being queued, so tests of other events need not skip it.
+    divert_status: bool = False
+    status: Frame | None = None
+    status_seen: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
+
+    async def wait_status(self, timeout: float = 10.0) -> Frame:
+        """Return the diverted `notification_status` frame once it arrived."""
+        async with asyncio.timeout(timeout):
+            await self.status_seen.wait()
+        assert self.status is not None
+        return self.status
 
     async def next_event(self, timeout: float = 10.0) -> Frame:
         """Return the next event frame, failing after `timeout` seconds."""
@@ -59,7 +71,7 @@ class SseStream:
                     if line == "":
                         if data_lines or current.event != "message":
                             current.data = "\n".join(data_lines)
-                            self.frames.put_nowait(current)
+                            self._dispatch(current)
                         current, data_lines = Frame(id=current.id), []
                         continue
                     name, _, value = line.partition(":")
@@ -80,6 +92,14 @@ class SseStream:
         finally:
             self.closed.set()
 
+    def _dispatch(self, frame: Frame) -> None:
+        diverted = self.divert_status and self.status is None
+        if diverted and frame.event == "notification_status":
+            self.status = frame
+            self.status_seen.set()
+        else:
+            self.frames.put_nowait(frame)
+
 
 def _split_line(buffer: str) -> tuple[str, str, str]:
     for index, char in enumerate(buffer):
@@ -95,14 +115,22 @@ def _split_line(buffer: str) -> tuple[str, str, str]:
 
 @contextlib.asynccontextmanager
 async def open_stream(
-    url: str, headers: dict | None = None, params: dict | None = None
+    url: str,
+    headers: dict | None = None,
+    params: dict | None = None,
+    *,
+    divert_status: bool = True,
 ):
-    """Open an SSE stream and read it in the background; yields an `SseStream`."""
+    """Open an SSE stream and read it in the background; yields an `SseStream`.
+
+    The first `notification_status` frame goes to `SseStream.status` unless
+    `divert_status` is false.
+    """
     timeout = httpx.Timeout(10.0, read=None)
     async with httpx.AsyncClient(timeout=timeout) as client:
         request = client.build_request("GET", url, headers=headers, params=params)
         response = await client.send(request, stream=True)
-        stream = SseStream(response)
+        stream = SseStream(response, divert_status=divert_status)
         try:
             if response.status_code == 200:
                 stream._task = asyncio.create_task(stream.read_lines())

@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove the triggers that --triggers-only installed",
     )
+
+    from tidings.cli.token import add_token_parser
+
+    add_token_parser(commands)
     return parser
 
 
@@ -113,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_up(settings, args.data_dir)
         if args.command == "migrate" and (args.triggers_only or args.remove_triggers):
             return _attach_triggers(settings.database_url, install=args.triggers_only)
+        if args.command == "token":
+            from tidings.cli.token import run_token
+
+            return run_token(settings, args)
         if args.command == "migrate":
             from tidings.shared.migrate import upgrade
 

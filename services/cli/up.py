@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def run_up(settings: Settings, data_dir: str) -> int:
         settings = settings.replace(
             demo=demo_on, admin_users=settings.admin_users or ADMIN_EMAIL
         )
+        settings = _demo_page_settings(settings)
         env = {**os.environ, **settings_env(settings)}
         for name in SERVICES:
             children[name] = subprocess.Popen(
@@ -81,6 +83,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = "true" if value else "false"
         env[PREFIX + field.upper()] = str(value)
     return env
+
+
+def _demo_page_settings(settings: Settings) -> Settings:
+    """Let the demo page, served by the edge, call the API on its own port."""
+    edge = f"http://{settings.host}:{settings.edge_port}"
+    api = f"http://{settings.host}:{settings.api_port}/api"
+    return settings.replace(
+        cors_origins=settings.cors_origins or edge,
+        api_public_url=settings.api_public_url or api,
+        token_secret=settings.token_secret or secrets.token_hex(32),
+    )
 
 
 def _start_servers(settings: Settings, root: Path, servers: list) -> Settings:

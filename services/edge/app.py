@@ -1,33 +1,47 @@
-"""Edge service: the Litestar app and its process lifecycle."""
+"""Edge service: its parts, its Litestar app and its process lifecycle.
+
+Stream requests are served by the edge's own protocol (see `protocol.py`);
+every other route (health, stream tokens, static files, the demo) is a
+Litestar app behind uvicorn on the same port.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 import asyncpg
-from litestar import Litestar, asgi
+import nats.errors
+from litestar import Litestar, MediaType, get
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.static_files import create_static_files_router
-from litestar.types import Receive, Scope, Send
 from nats.aio.client import Client
 
-from tidings.edge.auth import ApiKeyAuthenticator
+from tidings.edge.auth import Authenticator
 from tidings.edge.demo import DEMO_HANDLERS, STATIC_DIR
+from tidings.edge.drain import drain_streams
+from tidings.edge.galaxy_cookie import SessionCookieDecoder
 from tidings.edge.hub import Hub
+from tidings.edge.limits import StreamLimits
+from tidings.edge.protocol import protocol_class
+from tidings.edge.routes import mint_stream_token, stream_on_reused_connection
 from tidings.edge.stream import StreamEndpoint
+from tidings.edge.tokens import TokenSigner
 from tidings.shared.db import create_pool
 from tidings.shared.http import HttpServer, health_handlers
 from tidings.shared.logs import get_logger
-from tidings.shared.nats import connect_nats, ensure_streams, stream_epoch
+from tidings.shared.nats import connect_nats, ensure_streams
 from tidings.shared.settings import Settings
-from tidings.shared.subjects import EVENTS_STREAM
 
 log = get_logger(__name__)
 
+# Pending connections the kernel queues for the edge (capped by somaxconn),
+# so a reconnect storm is not refused while streams are being opened.
+_LISTEN_BACKLOG = 4096
+
 
 class Edge:
-    """One edge process: a NATS client, a hub, an HTTP server."""
+    """One edge process: a NATS client, a hub, the stream endpoint, an HTTP server."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -35,67 +49,127 @@ class Edge:
         self.pool: asyncpg.Pool | None = None
         self.hub: Hub | None = None
         self.endpoint: StreamEndpoint | None = None
+        self.draining = False
         self._http: HttpServer | None = None
 
     async def start(self) -> None:
         """Connect, learn the stream epoch and start serving."""
-        self.pool = await create_pool(self.settings.database_url)
-        self.nc = await connect_nats(self.settings, "edge")
-        js = self.nc.jetstream()
-        await ensure_streams(js, self.settings)
-        epoch = stream_epoch(await js.stream_info(EVENTS_STREAM))
-        self.hub = Hub(self.nc, epoch)
-        auth = ApiKeyAuthenticator(self.pool, self.settings.api_key_cache_seconds)
-        self.endpoint = StreamEndpoint(self.settings, self.hub, auth)
-        app = self.build_app()
-        self._http = HttpServer(app, self.settings.host, self.settings.edge_port)
+        settings = self.settings
+        signer = TokenSigner(settings.token_secret, settings.token_ttl_seconds)
+        cookies = SessionCookieDecoder(settings.id_secret)
+        self.pool = await create_pool(settings.database_url)
+        self.nc = await connect_nats(
+            settings,
+            "edge",
+            disconnected=self._on_nats_disconnected,
+            reconnected=self._on_nats_reconnected,
+        )
+        await ensure_streams(self.nc.jetstream(), settings)
+        self.hub = Hub(self.nc, await Hub.read_state(self.nc.jetstream()))
+        auth = Authenticator(
+            self.pool,
+            signer,
+            cookies,
+            api_key_ttl=settings.api_key_cache_seconds,
+            session_ttl=settings.session_cache_seconds,
+        )
+        limits = StreamLimits(settings.max_streams, settings.max_streams_per_user)
+        self.endpoint = StreamEndpoint(settings, self.hub, auth, self.pool, limits)
+        self._http = HttpServer(
+            self.build_app(auth),
+            settings.host,
+            settings.edge_port,
+            http=protocol_class(self.endpoint.handle),
+            backlog=_LISTEN_BACKLOG,
+            capture_signals=False,
+            # The edge's protocol routes a connection by its first request;
+            # one that uvicorn served must not carry a stream request later.
+            headers=[("connection", "close")],
+        )
         await self._http.start()
-        log.info("edge started", port=self.settings.edge_port, epoch=epoch)
+        self.endpoint.start()
+        log.info("edge started", port=settings.edge_port, epoch=self.hub.epoch)
 
     async def stop(self) -> None:
-        """Stop accepting, end every open stream, then close connections."""
+        """Stop accepting, end open streams over the drain window, then close."""
+        self.draining = True
         if self.endpoint is not None:
             self.endpoint.accepting = False
-        if self.hub is not None:
-            self.hub.close_all()
+        if self._http is not None:
+            self._http.stop_accepting()
+        if self.endpoint is not None:
+            await drain_streams(self.endpoint.streams, self.settings.drain_seconds)
+            await self.endpoint.close()
         if self._http is not None:
             await self._http.stop()
+        if self.hub is not None:
+            await self.hub.close()
         if self.nc is not None:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except nats.errors.Error as exc:
+                log.warning("nats not drained", error=str(exc))
+                await self.nc.close()
         if self.pool is not None:
             await self.pool.close()
         log.info("edge stopped")
 
     def is_ready(self) -> bool:
-        """Return whether NATS is connected."""
-        return self.nc is not None and self.nc.is_connected
+        """Return whether NATS is up, live delivery is whole and no drain runs."""
+        if self.draining or self.nc is None or not self.nc.is_connected:
+            return False
+        return self.hub is not None and not self.hub.recovering
 
-    def build_app(self) -> Litestar:
-        """Build the Litestar app of this edge."""
-        endpoint = self.endpoint
-        assert endpoint is not None
+    async def _on_nats_disconnected(self) -> None:
+        if self.hub is not None:
+            await self.hub.on_disconnected()
 
-        @asgi("/api/events/stream", is_mount=False, copy_scope=False)
-        async def events_stream(scope: Scope, receive: Receive, send: Send) -> None:
-            await endpoint(scope, receive, send)
+    async def _on_nats_reconnected(self) -> None:
+        if self.hub is not None:
+            await self.hub.on_reconnected()
 
-        handlers: list = [events_stream, *health_handlers(self.is_ready)]
-        handlers.append(
-            create_static_files_router(path="/static", directories=[STATIC_DIR])
-        )
+    def build_app(self, auth: Authenticator) -> Litestar:
+        """Build the Litestar app serving every route but the stream."""
+        handlers: list = [
+            mint_stream_token,
+            stream_on_reused_connection,
+            self._stats_handler(),
+            *health_handlers(self.is_ready),
+            create_static_files_router(path="/static", directories=[STATIC_DIR]),
+        ]
         if self.settings.demo:
             handlers += DEMO_HANDLERS
         cors = None
         if self.settings.cors_origin_list:
-            cors = CORSConfig(allow_origins=self.settings.cors_origin_list)
-        pool = self.pool
+            cors = CORSConfig(
+                allow_origins=self.settings.cors_origin_list, allow_credentials=True
+            )
+        pool, settings = self.pool, self.settings
         return Litestar(
             handlers,
-            dependencies={"db_pool": Provide(lambda: pool, sync_to_thread=False)},
+            dependencies={
+                "db_pool": Provide(lambda: pool, sync_to_thread=False),
+                "authenticator": Provide(lambda: auth, sync_to_thread=False),
+                "settings": Provide(lambda: settings, sync_to_thread=False),
+            },
             cors_config=cors,
             openapi_config=None,
             logging_config=None,
         )
+
+    def _stats_handler(self):
+        edge = self
+
+        @get("/api/events/stats", media_type=MediaType.JSON)
+        async def stream_stats() -> dict[str, int]:
+            """Open streams and audience subscriptions of this edge process."""
+            hub, endpoint = edge.hub, edge.endpoint
+            return {
+                "streams": endpoint.stream_count if endpoint else 0,
+                "subscriptions": hub.subscription_count if hub else 0,
+            }
+
+        return stream_stats
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:

@@ -16,6 +16,10 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.params import FromPath
 from litestar.response import File
 
+from tidings.edge.status import read_status
+from tidings.shared.events import NotificationStatus
+from tidings.shared.settings import Settings
+
 STATIC_DIR = Path(__file__).parent / "static"
 
 _DEMO_USERS = """
@@ -37,6 +41,12 @@ WHERE id = $1 AND user_id = (
 """
 
 
+_USER_BY_KEY = """
+SELECT k.user_id FROM api_keys AS k JOIN galaxy_user AS u ON u.id = k.user_id
+WHERE k.key = $1 AND NOT k.deleted AND NOT u.deleted
+"""
+
+
 @get("/demo", media_type=MediaType.HTML)
 async def demo_page() -> File:
     """Serve the demo page."""
@@ -44,7 +54,9 @@ async def demo_page() -> File:
 
 
 @get("/demo/users", media_type=MediaType.JSON)
-async def demo_users(db_pool: NamedDependency[asyncpg.Pool]) -> list[dict]:
+async def demo_users(
+    db_pool: NamedDependency[asyncpg.Pool], settings: NamedDependency[Settings]
+) -> list[dict]:
     """Demo users with one API key each and their histories."""
     import json
 
@@ -54,10 +66,29 @@ async def demo_users(db_pool: NamedDependency[asyncpg.Pool]) -> list[dict]:
             "id": row["id"],
             "email": row["email"],
             "api_key": row["api_key"],
+            "is_admin": row["email"] in settings.admin_emails,
             "histories": json.loads(row["histories"]),
         }
         for row in rows
     ]
+
+
+@get("/demo/config", media_type=MediaType.JSON)
+async def demo_config(settings: NamedDependency[Settings]) -> dict[str, str]:
+    """Return the URL of the notification API (`TIDINGS_API_PUBLIC_URL`)."""
+    return {"api_url": settings.api_public_url.rstrip("/")}
+
+
+@get("/demo/status", media_type=MediaType.JSON)
+async def demo_status(
+    request: Request, db_pool: NamedDependency[asyncpg.Pool]
+) -> NotificationStatus:
+    """Return the notification status of the `x-api-key` owner, for the bell."""
+    key = request.headers.get("x-api-key", "")
+    user_id = await db_pool.fetchval(_USER_BY_KEY, key) if key else None
+    if user_id is None:
+        raise NotAuthorizedException("missing or invalid x-api-key header")
+    return await read_status(db_pool, user_id)
 
 
 @post("/demo/histories/{history_id:int}/touch", status_code=204)
@@ -75,4 +106,4 @@ async def touch_history(
         raise NotFoundException(f"history {history_id} not found for this API key")
 
 
-DEMO_HANDLERS = [demo_page, demo_users, touch_history]
+DEMO_HANDLERS = [demo_page, demo_users, demo_config, demo_status, touch_history]
