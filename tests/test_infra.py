@@ -123,11 +123,9 @@ def served_paths(service: str, settings: Settings) -> tuple[int, set[str]]:
         # The pool is used only inside request handlers, never while building.
         app, port = build_api_app(settings, pool=None), settings.api_port
     else:
-        edge = Edge(settings)
-        # build_app only captures the stream endpoint in a handler, so any
-        # object will do.
-        edge.endpoint = object()
-        app, port = edge.build_app(), settings.edge_port
+        # The authenticator is used only inside request handlers, never while
+        # building, so any object will do.
+        app, port = Edge(settings).build_app(auth=object()), settings.edge_port
     return port, {route.path for route in app.routes}
 
 
