@@ -8,9 +8,13 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from litestar import Litestar, MediaType, get
+from litestar.exceptions import HTTPException
 from litestar.response import Response
 
 from tidings.shared.errors import ServiceError
+from tidings.shared.logs import get_logger
+
+log = get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool] | bool]
 
@@ -125,3 +129,22 @@ def health_app(ready: ReadinessCheck) -> Litestar:
     return Litestar(
         operations_handlers(ready), openapi_config=None, logging_config=None
     )
+
+
+async def log_unhandled_exception(exc: Exception, scope) -> None:
+    """Log an error that a route did not turn into an HTTP response (a 500)."""
+    if isinstance(exc, HTTPException):
+        return
+    log.error(
+        "request failed",
+        method=scope.get("method"),
+        path=scope.get("path"),
+        error=repr(exc),
+        exc_info=exc,
+    )
+
+
+def too_deeply_nested(_request, exc: RecursionError) -> Response[dict]:
+    """Answer a JSON body nested beyond the parser's recursion limit with a 400."""
+    detail = "JSON body is nested too deeply"
+    return Response({"status_code": 400, "detail": detail}, status_code=400)

@@ -16,7 +16,12 @@ from tidings.api.broadcasts import BROADCAST_ROUTES
 from tidings.api.notifications import USER_ROUTES
 from tidings.api.sending import send_notification
 from tidings.shared.db import create_pool
-from tidings.shared.http import HttpServer, health_handlers
+from tidings.shared.http import (
+    HttpServer,
+    health_handlers,
+    log_unhandled_exception,
+    too_deeply_nested,
+)
 from tidings.shared.logs import get_logger
 from tidings.shared.settings import Settings
 
@@ -51,6 +56,8 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
             "optional_caller": Provide(resolve_optional_caller),
         },
         cors_config=cors,
+        exception_handlers={RecursionError: too_deeply_nested},
+        after_exception=[log_unhandled_exception],
         openapi_config=_openapi_config(),
         logging_config=None,
     )

@@ -8,10 +8,12 @@ from typing import Annotated, Literal
 import msgspec
 
 Variant = Literal["info", "warning", "urgent"]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+# Postgres text cannot hold a NUL character, so no string may contain one.
+_NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000, pattern=_NO_NUL)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=_NO_NUL)]
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
-Source = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+Source = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=_NO_NUL)]
 # An absolute http(s) URL or a path on the same server, as Galaxy accepts.
 Link = Annotated[
     str, msgspec.Meta(pattern=r"^(https?://[^\s/]+|/)[^\s]*$", max_length=2048)
@@ -43,7 +45,7 @@ Content = MessageContent | NewSharedItemContent
 class NotificationCreateData(msgspec.Struct, forbid_unknown_fields=True):
     """The notification itself; times are UTC, publication defaults to now."""
 
-    source: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    source: Source
     category: Literal["message", "new_shared_item"]
     variant: Variant
     content: Content

@@ -56,7 +56,8 @@ async def send_notification(
             content=notification.content,
             publication_time=publication,
             expiration_time=expiration,
-            galaxy_url=str(request.base_url),
+            # The Host header is the client's to choose, so it is not stored.
+            galaxy_url=None,
         )
         await insert_associations(conn, row["id"], sorted(user_ids))
     log.info(

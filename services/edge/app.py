@@ -28,7 +28,11 @@ from tidings.edge.routes import mint_stream_token, stream_on_reused_connection
 from tidings.edge.stream import StreamEndpoint
 from tidings.edge.tokens import TokenSigner
 from tidings.shared.db import create_pool
-from tidings.shared.http import HttpServer, health_handlers
+from tidings.shared.http import (
+    HttpServer,
+    health_handlers,
+    log_unhandled_exception,
+)
 from tidings.shared.logs import get_logger
 from tidings.shared.nats import connect_nats, ensure_streams
 from tidings.shared.settings import Settings
@@ -153,6 +157,7 @@ class Edge:
                 "settings": Provide(lambda: settings, sync_to_thread=False),
             },
             cors_config=cors,
+            after_exception=[log_unhandled_exception],
             openapi_config=None,
             logging_config=None,
         )

@@ -121,7 +121,7 @@ class Authenticator:
         return Caller(audience=claims.sub, user_id=claims.uid)
 
     async def _from_api_key(self, key: str) -> Caller:
-        if len(key) > _MAX_KEY_LENGTH:
+        if len(key) > _MAX_KEY_LENGTH or not key.isprintable():
             raise AuthError("api_key_invalid", "invalid API key")
         found, caller = self._api_keys.get(key)
         if not found:
@@ -146,7 +146,8 @@ class Authenticator:
 
     async def _lookup_session(self, cookie: str) -> Caller | None:
         session_key = self._cookies.decode(cookie)
-        if session_key is None or len(session_key) > _MAX_KEY_LENGTH:
+        too_long = session_key is not None and len(session_key) > _MAX_KEY_LENGTH
+        if session_key is None or too_long or not session_key.isprintable():
             return None
         row = await self._pool.fetchrow(_USER_BY_SESSION_KEY, session_key)
         if row is None:

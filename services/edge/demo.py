@@ -8,12 +8,13 @@ enable them in production: they hand out API keys.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import asyncpg
 from litestar import MediaType, Request, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, NotFoundException
-from litestar.params import FromPath
+from litestar.params import PathParameter
 from litestar.response import File
 
 from tidings.edge.status import read_status
@@ -94,7 +95,7 @@ async def demo_status(
 @post("/demo/histories/{history_id:int}/touch", status_code=204)
 async def touch_history(
     request: Request,
-    history_id: FromPath[int],
+    history_id: Annotated[int, PathParameter(ge=1, le=2**31 - 1)],
     db_pool: NamedDependency[asyncpg.Pool],
 ) -> None:
     """Bump a history's update time, as Galaxy does when a dataset changes."""
