@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -21,6 +22,8 @@ from tidings.shared.subjects import (
 )
 
 log = get_logger(__name__)
+
+ERROR_LOG_INTERVAL_SECONDS = 10.0
 
 
 async def connect_nats(
@@ -46,8 +49,19 @@ async def connect_nats(
         if reconnected is not None:
             await reconnected()
 
+    last_error_log = 0.0
+    suppressed = 0
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", client=name, error=str(exc))
+        # While the server is away every reconnect attempt fails: log at most
+        # one line per interval, with the number of errors left out.
+        nonlocal last_error_log, suppressed
+        now = time.monotonic()
+        if now - last_error_log < ERROR_LOG_INTERVAL_SECONDS:
+            suppressed += 1
+            return
+        log.warning("nats error", client=name, error=str(exc), suppressed=suppressed)
+        last_error_log, suppressed = now, 0
 
     return await nats.connect(
         settings.nats_url,

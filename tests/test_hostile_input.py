@@ -81,3 +81,19 @@ async def test_demo_touch_out_of_range_id(pipeline: Pipeline):
 
     assert huge.status_code == 400, huge.text
     assert "history_id" in huge.text
+
+
+async def test_demo_users_only_for_local_host(pipeline: Pipeline):
+    """The demo's API keys are not served to a page on another host name."""
+    await create_user(pipeline.db, "alice")
+
+    async with httpx.AsyncClient() as client:
+        foreign = await client.get(
+            f"{pipeline.edge_url}/demo/users", headers={"host": "attacker.example"}
+        )
+        local = await client.get(f"{pipeline.edge_url}/demo/users")
+
+    assert foreign.status_code == 403, foreign.text
+    assert "attacker.example" in foreign.text
+    assert local.status_code == 200
+    assert local.json()[0]["email"] == "alice@example.org"

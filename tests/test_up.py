@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from tests.sse_client import open_stream
 from tidings.shared.embedded import free_port
@@ -88,6 +89,16 @@ async def _deliver_change(endpoints: dict) -> None:
     assert json.loads(frame.data)["history_ids"] == [str(history_id)]
 
 
+def _kill_child(proc: subprocess.Popen, service: str) -> None:
+    """Kill one service process of `tidings up` at once, as a crash would."""
+    for child in psutil.Process(proc.pid).children():
+        if child.cmdline()[-1:] == [service]:
+            child.kill()
+            child.wait(10)
+            return
+    raise AssertionError(f"no {service} process under tidings up")
+
+
 async def test_up_serves_and_stops(tmp_path: Path):
     """`tidings up` writes endpoints.json, streams a change, stops on SIGTERM."""
     data_dir = tmp_path / "data"
@@ -96,12 +107,16 @@ async def test_up_serves_and_stops(tmp_path: Path):
     try:
         endpoints = await _wait_for_endpoints(data_dir / "endpoints.json", proc, log)
         await _deliver_change(endpoints)
+        for service in ("enricher", "bridge"):
+            _kill_child(proc, service)
+            await _deliver_change(endpoints)
     finally:
         code = await _stop(proc)
 
     assert code == 0, log.read_text()[-3000:]
     output = log.read_text()
     assert "tidings up: stopped" in output
+    assert "enricher exited with code -9; starting it again" in output
     for service in ("bridge", "enricher", "edge", "api"):
         assert f'"{service} stopped"' in output, service
     assert not (data_dir / "postgres" / "postmaster.pid").exists()

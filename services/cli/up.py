@@ -32,6 +32,8 @@ from tidings.shared.settings import PREFIX, Settings
 SERVICES = ["bridge", "enricher", "api", "edge"]
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
 
 
 def run_up(settings: Settings, data_dir: str) -> int:
@@ -57,14 +59,12 @@ def run_up(settings: Settings, data_dir: str) -> int:
         settings = _demo_page_settings(settings)
         env = {**os.environ, **settings_env(settings)}
         for name in SERVICES:
-            children[name] = subprocess.Popen(
-                [sys.executable, "-m", "tidings.cli.main", name], env=env
-            )
+            children[name] = _start_child(name, env)
         _wait_ready(settings, children, stop)
         endpoints = _endpoints(settings, demo)
         (root / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
         _print_endpoints(endpoints, root)
-        return _supervise(children, stop)
+        return _supervise(children, servers, env, stop)
     except TidingsError as exc:
         _say(f"error: {exc}")
         return 1
@@ -182,12 +182,39 @@ def _print_endpoints(endpoints: dict, root: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _supervise(children: dict[str, subprocess.Popen], stop: threading.Event) -> int:
+def _start_child(name: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tidings.cli.main", name], env=env)
+
+
+def _supervise(
+    children: dict[str, subprocess.Popen],
+    servers: list,
+    env: dict[str, str],
+    stop: threading.Event,
+) -> int:
+    """Restart any service or embedded server that exits, until asked to stop.
+
+    A service that exits more than `MAX_RESTARTS` times within
+    `RESTART_WINDOW_SECONDS` is taken to be broken, and everything stops.
+    """
+    restarts: dict[str, list[float]] = {name: [] for name in children}
     while not stop.wait(0.5):
+        for server in servers:
+            if server.proc is not None and server.proc.poll() is not None:
+                _say(f"{type(server).__name__} exited; starting it again")
+                server.proc = None
+                server.start()
         for name, child in children.items():
-            if child.poll() is not None:
-                _say(f"{name} exited with code {child.returncode}; stopping")
+            if child.poll() is None:
+                continue
+            now = time.monotonic()
+            recent = [t for t in restarts[name] if now - t < RESTART_WINDOW_SECONDS]
+            if len(recent) >= MAX_RESTARTS:
+                _say(f"{name} keeps exiting (code {child.returncode}); stopping")
                 return 1
+            restarts[name] = [*recent, now]
+            _say(f"{name} exited with code {child.returncode}; starting it again")
+            children[name] = _start_child(name, env)
     return 0
 
 

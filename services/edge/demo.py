@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import asyncpg
 from litestar import MediaType, Request, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
 from litestar.params import PathParameter
 from litestar.response import File
 
@@ -56,11 +61,21 @@ async def demo_page() -> File:
 
 @get("/demo/users", media_type=MediaType.JSON)
 async def demo_users(
-    db_pool: NamedDependency[asyncpg.Pool], settings: NamedDependency[Settings]
+    request: Request,
+    db_pool: NamedDependency[asyncpg.Pool],
+    settings: NamedDependency[Settings],
 ) -> list[dict]:
     """Demo users with one API key each and their histories."""
     import json
 
+    # A page on another site could reach this route through DNS rebinding;
+    # checking the Host header keeps the keys to pages of this machine.
+    host = urlsplit(f"//{request.headers.get('host', '')}").hostname
+    if host not in {"127.0.0.1", "localhost", "::1", settings.host}:
+        raise PermissionDeniedException(
+            f"demo users are served only to {settings.host} or localhost, "
+            f"not to host {host!r}"
+        )
     rows = await db_pool.fetch(_DEMO_USERS)
     return [
         {
