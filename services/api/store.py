@@ -209,33 +209,29 @@ async def update_broadcast(
     )
 
 
+def _notification_fields(row: asyncpg.Record) -> dict:
+    return {
+        "id": str(row["id"]),
+        "source": row["source"],
+        "category": row["category"],
+        "variant": row["variant"],
+        "create_time": row["create_time"],
+        "update_time": row["update_time"],
+        "publication_time": row["publication_time"],
+        "expiration_time": row["expiration_time"],
+        "content": msgspec.json.decode(row["content"]),
+    }
+
+
 def notification_response(row: asyncpg.Record) -> NotificationResponse:
     """Convert a notification row to its API shape."""
-    return NotificationResponse(
-        id=str(row["id"]),
-        source=row["source"],
-        category=row["category"],
-        variant=row["variant"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        publication_time=row["publication_time"],
-        expiration_time=row["expiration_time"],
-        content=msgspec.json.decode(row["content"]),
-    )
+    return NotificationResponse(**_notification_fields(row))
 
 
 def user_notification_response(row: asyncpg.Record) -> UserNotificationResponse:
     """Convert a notification row with one recipient's columns to its API shape."""
     return UserNotificationResponse(
-        id=str(row["id"]),
-        source=row["source"],
-        category=row["category"],
-        variant=row["variant"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        publication_time=row["publication_time"],
-        expiration_time=row["expiration_time"],
-        content=msgspec.json.decode(row["content"]),
+        **_notification_fields(row),
         seen_time=row["seen_time"],
         deleted=row["deleted"],
     )
