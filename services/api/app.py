@@ -10,6 +10,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig
 
 from tidings.api.auth import resolve_caller, resolve_optional_caller
 from tidings.api.broadcasts import BROADCAST_ROUTES
@@ -18,7 +19,9 @@ from tidings.api.sending import send_notification
 from tidings.shared.db import create_pool
 from tidings.shared.http import HttpServer, health_handlers
 from tidings.shared.logs import get_logger
+from tidings.shared.metrics import metrics
 from tidings.shared.settings import Settings
+from tidings.shared.telemetry import http_tracing_plugins
 
 log = get_logger(__name__)
 
@@ -36,6 +39,14 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
     cors = None
     if settings.cors_origin_list:
         cors = CORSConfig(allow_origins=settings.cors_origin_list)
+    # Request counts and durations by route, in the shared registry that
+    # `/metrics` serves. Litestar registers these metrics once per process.
+    request_metrics = PrometheusConfig(
+        app_name="tidings-api",
+        prefix="tidings_api",
+        group_path=True,
+        exclude=["^/healthz$", "^/readyz$", "^/metrics$"],
+    )
     # Broadcast routes come first: `/broadcast` is not a notification id.
     return Litestar(
         [
@@ -43,6 +54,7 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
             send_notification,
             *USER_ROUTES,
             *health_handlers(ready),
+            metrics,
         ],
         dependencies={
             "db_pool": Provide(lambda: pool, sync_to_thread=False),
@@ -51,6 +63,8 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
             "optional_caller": Provide(resolve_optional_caller),
         },
         cors_config=cors,
+        middleware=[request_metrics.middleware],
+        plugins=http_tracing_plugins(),
         openapi_config=_openapi_config(),
         logging_config=None,
     )

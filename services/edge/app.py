@@ -30,8 +30,10 @@ from tidings.edge.tokens import TokenSigner
 from tidings.shared.db import create_pool
 from tidings.shared.http import HttpServer, health_handlers
 from tidings.shared.logs import get_logger
+from tidings.shared.metrics import metrics
 from tidings.shared.nats import connect_nats, ensure_streams
 from tidings.shared.settings import Settings
+from tidings.shared.telemetry import http_tracing_plugins
 
 log = get_logger(__name__)
 
@@ -135,6 +137,7 @@ class Edge:
             stream_on_reused_connection,
             self._stats_handler(),
             *health_handlers(self.is_ready),
+            metrics,
             create_static_files_router(path="/static", directories=[STATIC_DIR]),
         ]
         if self.settings.demo:
@@ -153,6 +156,7 @@ class Edge:
                 "settings": Provide(lambda: settings, sync_to_thread=False),
             },
             cors_config=cors,
+            plugins=http_tracing_plugins(),
             openapi_config=None,
             logging_config=None,
         )
