@@ -335,3 +335,29 @@ async def test_json_logs_carry_change_ids(
     assert record["sequence"] == bridge_span.attributes["messaging.nats.sequence"]
     assert record["trace_id"] == format(bridge_span.context.trace_id, "032x")
     assert len(record["span_id"]) == 16
+
+
+async def test_edge_metrics_count_catchups(pipeline: Pipeline):
+    """A stream resumed after a missed event counts one catch-up and its frame."""
+    db = pipeline.db
+    alice = await create_user(db, "alice")
+    history = await create_history(db, alice)
+    await pipeline.settle()
+
+    async with open_stream(pipeline.stream_url, headers=alice.headers) as stream:
+        await _touch(db, history)
+        seen = await stream.next_event()
+    await _touch(db, history)
+    await pipeline.settle()
+
+    before = await _scrape(pipeline.settings, "edge")
+    headers = {**alice.headers, "Last-Event-ID": seen.id}
+    async with open_stream(pipeline.stream_url, headers=headers) as stream:
+        missed = await stream.next_event()
+        assert missed.event == "history_update"
+    after = await _scrape(pipeline.settings, "edge")
+
+    catchups = "tidings_edge_catchups_total"
+    assert after[catchups] - before[catchups] == 1
+    delivered = "tidings_edge_events_delivered_total"
+    assert after[delivered] - before[delivered] == 1
