@@ -221,8 +221,12 @@ class Enricher:
                 msg.headers,
                 {"messaging.nats.sequence": msg.metadata.sequence.stream},
             )
-            with trace.use_span(span, end_on_exit=False):
-                item = await self._resolve_and_publish(msg, span)
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    item = await self._resolve_and_publish(msg, span)
+            except BaseException:
+                span.end()
+                raise
             if item is None:
                 span.end()
             else:
