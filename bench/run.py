@@ -15,6 +15,7 @@ from bench.edge import table as connections_table
 from bench.enricher import enricher_section, measure_enricher
 from bench.latency import measure_polling, measure_tidings, summarize
 from bench.system import running_system
+from bench.tracing import measure_tracing, tracing_section
 
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -149,6 +150,12 @@ def main() -> None:
         default=1,
         help="connections that share one user, and so one NATS subscription",
     )
+    parser.add_argument(
+        "--tracing-changes",
+        type=int,
+        default=300,
+        help="sequential changes per run, tracing off and on (0 skips that part)",
+    )
     args = parser.parse_args()
     rows = asyncio.run(_latency_rows(args.changes, args.baseline_changes))
     table = _table(rows)
@@ -174,6 +181,11 @@ def main() -> None:
         )
         print(connections_table(edge_rows))
         _append(_connections_section(args.connections, edge_rows))
+    if args.tracing_changes > 0:
+        tracing_rows = asyncio.run(measure_tracing(args.tracing_changes, SYSTEM_ENV))
+        tracing_table = _table(tracing_rows)
+        print(tracing_table)
+        _append(tracing_section(tracing_rows, tracing_table))
     print(f"written to {OUTPUT}")
 
 

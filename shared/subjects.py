@@ -39,6 +39,10 @@ AUDIENCE_KIND = "audience"
 # Header carrying the event type on messages of TIDINGS_EVENTS.
 EVENT_TYPE_HEADER = "Tidings-Event"
 
+# Header carrying the commit time of an event's change on messages of
+# TIDINGS_EVENTS, in seconds since the epoch, for latency metrics.
+COMMIT_TIME_HEADER = "Tidings-Commit-Time"
+
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
+from opentelemetry.util.types import AttributeValue
 
 from tidings.shared.logs import get_logger
 
@@ -34,6 +35,15 @@ log = get_logger(__name__)
 
 # Exporter of `TIDINGS_OTEL=memory`, readable by tests and `tidings up --otel`.
 memory_exporter = InMemorySpanExporter()
+
+# Whether `configure_tracing` turned tracing on in this process. Hot paths
+# check it before any per-message tracing work.
+_enabled = False
+
+
+def tracing_enabled() -> bool:
+    """Return whether spans are recorded in this process."""
+    return _enabled
 
 
 def tracing_mode(setting: str, environ: Mapping[str, str] | None = None) -> str:
@@ -57,9 +67,15 @@ def tracing_mode(setting: str, environ: Mapping[str, str] | None = None) -> str:
 
 def configure_tracing(service: str, setting: str = "") -> bool:
     """Install a tracer provider for `service`; return whether tracing is on."""
+    global _enabled
     mode = tracing_mode(setting)
     if mode in ("off", "none"):
         return False
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        # OpenTelemetry sets the global provider once per process, so services
+        # run in one process (tests, benchmarks) share the first one.
+        _enabled = True
+        return True
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"tidings-{service}"})
     )
@@ -75,8 +91,15 @@ def configure_tracing(service: str, setting: str = "") -> bool:
         exporter = _ReportOnceExporter(OTLPSpanExporter())
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    _enabled = True
     log.info("tracing on", service=service, exporter=mode)
     return True
+
+
+def disable_tracing() -> None:
+    """Stop recording spans in this process; the provider stays installed."""
+    global _enabled
+    _enabled = False
 
 
 def get_tracer(name: str) -> trace.Tracer:
@@ -93,6 +116,29 @@ def inject_headers(headers: dict[str, str]) -> dict[str, str]:
 def extract_context(headers: Mapping[str, str] | None) -> Context:
     """Return the trace context carried by message headers, if any."""
     return propagate.extract(dict(headers or {}))
+
+
+def start_span(
+    tracer: trace.Tracer,
+    name: str,
+    headers: Mapping[str, str] | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> trace.Span:
+    """Start a span continuing the trace in `headers`; a no-op span when off.
+
+    The caller ends the span. While tracing is off this costs one check.
+    """
+    if not _enabled:
+        return trace.INVALID_SPAN
+    context = extract_context(headers) if headers else None
+    return tracer.start_span(name, context=context, attributes=attributes)
+
+
+def span_headers(span: trace.Span, headers: dict[str, str]) -> dict[str, str]:
+    """Add the `traceparent` of `span` to message headers, when it records."""
+    if span.is_recording():
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+    return headers
 
 
 class _ReportOnceExporter(SpanExporter):
@@ -124,3 +170,16 @@ class _ReportOnceExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._inner.force_flush(timeout_millis)
+
+
+def http_tracing_plugins() -> list:
+    """Return Litestar's OpenTelemetry plugin while tracing is on, else nothing.
+
+    Health and metrics probes are left out, so scrapes do not fill traces.
+    """
+    if not _enabled:
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    config = OpenTelemetryConfig(exclude=["^/healthz$", "^/readyz$", "^/metrics$"])
+    return [OpenTelemetryPlugin(config)]

@@ -10,6 +10,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig
 
 from tidings.api.auth import resolve_caller, resolve_optional_caller
 from tidings.api.broadcasts import BROADCAST_ROUTES
@@ -23,7 +24,9 @@ from tidings.shared.http import (
     too_deeply_nested,
 )
 from tidings.shared.logs import get_logger
+from tidings.shared.metrics import metrics
 from tidings.shared.settings import Settings
+from tidings.shared.telemetry import http_tracing_plugins
 
 log = get_logger(__name__)
 
@@ -41,6 +44,14 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
     cors = None
     if settings.cors_origin_list:
         cors = CORSConfig(allow_origins=settings.cors_origin_list)
+    # Request counts and durations by route, in the shared registry that
+    # `/metrics` serves. Litestar registers these metrics once per process.
+    request_metrics = PrometheusConfig(
+        app_name="tidings-api",
+        prefix="tidings_api",
+        group_path=True,
+        exclude=["^/healthz$", "^/readyz$", "^/metrics$"],
+    )
     # Broadcast routes come first: `/broadcast` is not a notification id.
     return Litestar(
         [
@@ -48,6 +59,7 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
             send_notification,
             *USER_ROUTES,
             *health_handlers(ready),
+            metrics,
         ],
         dependencies={
             "db_pool": Provide(lambda: pool, sync_to_thread=False),
@@ -58,6 +70,8 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> Litestar:
         cors_config=cors,
         exception_handlers={RecursionError: too_deeply_nested},
         after_exception=[log_unhandled_exception],
+        middleware=[request_metrics.middleware],
+        plugins=http_tracing_plugins(),
         openapi_config=_openapi_config(),
         logging_config=None,
     )

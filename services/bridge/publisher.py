@@ -13,14 +13,18 @@ from datetime import UTC, datetime, timedelta
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from opentelemetry.trace import Span, Status, StatusCode
 
 from tidings.bridge import metrics
 from tidings.shared.events import Change, encode
 from tidings.shared.subjects import change_subject
+from tidings.shared.telemetry import get_tracer, span_headers, start_span
 
 ACK_TIMEOUT_SECONDS = 5.0
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+tracer = get_tracer(__name__)
 
 
 def change_msg_id(change: Change) -> str:
@@ -52,34 +56,61 @@ class Publisher:
         The messages are sent back to back and acknowledged together, so a
         batch costs about one round trip. A caller retries what is returned.
         """
-        pending: dict[asyncio.Future, Change] = {}
+        pending: dict[asyncio.Future, tuple[Change, Span]] = {}
         unsent: list[Change] = []
         for index, (change, msg_id) in enumerate(messages):
+            # Each change starts its own trace, continued by the enricher and
+            # the edge through the `traceparent` header.
+            span = start_span(
+                tracer,
+                "bridge publish change",
+                attributes={
+                    "tidings.change.kind": change.kind,
+                    "tidings.change.key": change.key,
+                    "tidings.change.commit_time": change.commit_time.isoformat(),
+                },
+            )
             try:
                 future = await self._js.publish_async(
                     change_subject(change.kind, change.key),
                     encode(change),
-                    headers={"Nats-Msg-Id": msg_id},
+                    headers=span_headers(span, {"Nats-Msg-Id": msg_id}),
                 )
-            except NatsError:
+            except NatsError as exc:
+                _end_failed(span, exc)
                 unsent = [change for change, _ in messages[index:]]
                 break
-            pending[future] = change
+            pending[future] = (change, span)
         if not pending:
             return unsent
 
         done, late = await asyncio.wait(pending, timeout=ACK_TIMEOUT_SECONDS)
+        failed = []
         for future in late:
             future.cancel()
-        failed = [pending[future] for future in late]
+            change, span = pending[future]
+            _end_failed(span, TimeoutError("no acknowledgement from JetStream"))
+            failed.append(change)
         for future in done:
-            if future.exception() is not None:
-                failed.append(pending[future])
+            change, span = pending[future]
+            error = future.exception()
+            if error is not None:
+                _end_failed(span, error)
+                failed.append(change)
                 continue
+            ack = future.result()
+            span.set_attribute("messaging.nats.sequence", ack.seq)
+            span.end()
             metrics.CHANGES_PUBLISHED.inc()
-            if future.result().duplicate:
+            if ack.duplicate:
                 self.duplicates += 1
                 metrics.CHANGES_DUPLICATE.inc()
             else:
                 self.stored += 1
         return failed + unsent
+
+
+def _end_failed(span: Span, error: BaseException) -> None:
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, str(error) or type(error).__name__))
+    span.end()

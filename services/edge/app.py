@@ -34,8 +34,10 @@ from tidings.shared.http import (
     log_unhandled_exception,
 )
 from tidings.shared.logs import get_logger
+from tidings.shared.metrics import metrics
 from tidings.shared.nats import connect_nats, ensure_streams
 from tidings.shared.settings import Settings
+from tidings.shared.telemetry import http_tracing_plugins
 
 log = get_logger(__name__)
 
@@ -139,6 +141,7 @@ class Edge:
             stream_on_reused_connection,
             self._stats_handler(),
             *health_handlers(self.is_ready),
+            metrics,
             create_static_files_router(path="/static", directories=[STATIC_DIR]),
         ]
         if self.settings.demo:
@@ -158,6 +161,7 @@ class Edge:
             },
             cors_config=cors,
             after_exception=[log_unhandled_exception],
+            plugins=http_tracing_plugins(),
             openapi_config=None,
             logging_config=None,
         )

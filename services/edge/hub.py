@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from tidings.edge import metrics
 from tidings.edge.catchup import ReplayError, replay
 from tidings.edge.connection import SseConnection
 from tidings.edge.sse import FramingError, format_event
@@ -40,6 +41,7 @@ from tidings.shared.errors import TidingsError
 from tidings.shared.logs import get_logger
 from tidings.shared.nats import stream_epoch
 from tidings.shared.subjects import (
+    COMMIT_TIME_HEADER,
     EVENT_PREFIX,
     EVENT_TYPE_HEADER,
     EVENTS_STREAM,
@@ -47,12 +49,15 @@ from tidings.shared.subjects import (
     event_subject,
     live_subject,
 )
+from tidings.shared.telemetry import get_tracer, start_span, tracing_enabled
 
 log = get_logger(__name__)
 
 # Above this many audiences, recovery replays every event subject instead of
 # naming each audience in the consumer's filter.
 _MAX_FILTER_SUBJECTS = 100
+
+tracer = get_tracer(__name__)
 
 
 class StreamState(msgspec.Struct, frozen=True):
@@ -235,22 +240,40 @@ class Hub:
             return  # Delivered already, by a replay.
         if last is not None and previous > last:
             await self._fill(audience, after=last, before=sequence)
-        self._fan_out(audience, sequence, headers.get(EVENT_TYPE_HEADER), msg.data)
+        self._fan_out(audience, sequence, headers, msg.data)
 
     def _fan_out(
-        self, audience: _Audience, sequence: int, event_type: str | None, data: bytes
+        self, audience: _Audience, sequence: int, headers: dict[str, str], data: bytes
     ) -> None:
         if audience.last_sequence is None or sequence > audience.last_sequence:
             audience.last_sequence = sequence
         self.live_high = max(self.live_high, sequence)
+        event_type = headers.get(EVENT_TYPE_HEADER)
         try:
             frame = self.frame(event_type, data, sequence)
         except FramingError as exc:
             log.error("event dropped", sequence=sequence, error=str(exc))
             return
         now = time.monotonic()
-        for connection in list(audience.members):
+        members = list(audience.members)
+        for connection in members:
             connection.offer(sequence, frame, now)
+        metrics.EVENTS_DELIVERED.inc(len(members))
+        if commit_time := headers.get(COMMIT_TIME_HEADER):
+            _observe_commit_to_frame(commit_time)
+        if tracing_enabled():
+            # The span ends the trace the bridge started for the change.
+            span = start_span(
+                tracer,
+                "edge deliver event",
+                headers,
+                {
+                    "tidings.event.type": event_type or "",
+                    "messaging.nats.sequence": sequence,
+                    "tidings.connections": len(members),
+                },
+            )
+            span.end()
 
     def frame(self, event_type: str | None, data: bytes, sequence: int) -> bytes:
         """Encode an event of `TIDINGS_EVENTS` as an SSE frame with its id."""
@@ -268,8 +291,7 @@ class Hub:
                     sequence = msg.metadata.sequence.stream
                     if sequence >= before:
                         break
-                    event_type = (msg.headers or {}).get(EVENT_TYPE_HEADER)
-                    self._fan_out(audience, sequence, event_type, msg.data)
+                    self._fan_out(audience, sequence, msg.headers or {}, msg.data)
         except (ReplayError, nats.errors.Error, TidingsError) as exc:
             # The streams' clients reconnect with their last id and catch up.
             log.error("live gap not filled", audience=audience.name, error=str(exc))
@@ -302,8 +324,7 @@ class Hub:
             except (KeyError, ValueError):
                 continue
             if sequence > (audience.last_sequence or 0):
-                event_type = headers.get(EVENT_TYPE_HEADER)
-                self._fan_out(audience, sequence, event_type, msg.data)
+                self._fan_out(audience, sequence, headers, msg.data)
 
     async def _replay_missed(self) -> None:
         state = await self.stream_state()
@@ -329,8 +350,7 @@ class Hub:
                 audience = self._audiences.get(msg.subject[len(EVENT_PREFIX) + 1 :])
                 sequence = msg.metadata.sequence.stream
                 if audience is not None and sequence > (audience.last_sequence or 0):
-                    event_type = (msg.headers or {}).get(EVENT_TYPE_HEADER)
-                    self._fan_out(audience, sequence, event_type, msg.data)
+                    self._fan_out(audience, sequence, msg.headers or {}, msg.data)
                     count += 1
                 self.live_high = max(self.live_high, sequence)
         log.info("recovered after reconnect", events=count, through=self.live_high)
@@ -347,6 +367,14 @@ class Hub:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _observe_commit_to_frame(commit_time: str) -> None:
+    try:
+        seconds = time.time() - float(commit_time)
+    except ValueError:
+        return
+    metrics.COMMIT_TO_FRAME.observe(max(0.0, seconds))
 
 
 async def _unsubscribe(subscription: Subscription) -> None:

@@ -23,7 +23,8 @@ import time
 import asyncpg
 import nats.errors
 
-from tidings.edge.auth import Authenticator, AuthError, Caller
+from tidings.edge import metrics
+from tidings.edge.auth import Authenticator, AuthError, Caller, Credentials
 from tidings.edge.catchup import ReplayError, ResetRequired, replay, resume_after
 from tidings.edge.connection import SseConnection
 from tidings.edge.cors import OriginPolicy
@@ -80,6 +81,8 @@ class StreamEndpoint:
         self._origins = OriginPolicy(settings.cors_origin_list)
         self._opening: dict[SseConnection, asyncio.Task] = {}
         self._open: set[SseConnection] = set()
+        # Kind of credential of each open stream, the label of its gauge.
+        self._auth_kinds: dict[SseConnection, str] = {}
         self._replays = asyncio.Semaphore(_CONCURRENT_REPLAYS)
         self._keepalive: asyncio.Task | None = None
 
@@ -153,11 +156,15 @@ class StreamEndpoint:
     ) -> None:
         caller: Caller | None = None
         try:
-            caller = await self.auth.authenticate(stream_credentials(request))
+            credentials = stream_credentials(request)
+            caller = await self.auth.authenticate(credentials)
             self._check_gone(connection)
             self.limits.acquire(caller.audience)
             connection.audiences = caller.audiences
             self._open.add(connection)
+            auth_kind = _auth_kind(credentials)
+            self._auth_kinds[connection] = auth_kind
+            metrics.CONNECTIONS.labels(auth_kind).inc()
             connection.hold_live()
             state = await self.hub.attach(connection)
             self._check_gone(connection)
@@ -218,12 +225,14 @@ class StreamEndpoint:
                     state.last_sequence,
                 )
             except ResetRequired as exc:
+                metrics.RESETS.labels(exc.reason).inc()
                 log.info("stream reset", audience=caller.audience, reason=exc.reason)
                 reset = encode(Reset(reason=exc.reason, message=str(exc)))
                 connection.write(format_event("reset", reset, current_id))
             else:
                 through = await self._replay(connection, after)
                 connection.release_live(through)
+                metrics.CATCHUPS.inc()
                 return "resume"
         status = await read_status(self._pool, caller.user_id)
         self._check_gone(connection)
@@ -267,6 +276,7 @@ class StreamEndpoint:
                         continue
                     connection.events += 1
                     connection.write(frame)
+                    metrics.EVENTS_DELIVERED.inc()
         return through
 
     def _check_gone(self, connection: SseConnection) -> None:
@@ -302,6 +312,9 @@ class StreamEndpoint:
         if connection not in self._open:
             return
         self._open.discard(connection)
+        metrics.CONNECTIONS.labels(self._auth_kinds.pop(connection)).dec()
+        if connection.cut_reason == "slow":
+            metrics.SLOW_CLIENTS.inc()
         self.hub.detach(connection)
         self.limits.release(connection.audiences[0])
         log.info(
@@ -311,6 +324,15 @@ class StreamEndpoint:
             events=connection.events,
             cut=connection.cut_reason,
         )
+
+
+def _auth_kind(credentials: Credentials) -> str:
+    """Return the kind of credential a stream authenticated with, as it is chosen."""
+    if credentials.token:
+        return "token"
+    if credentials.api_key:
+        return "api_key"
+    return "session_cookie"
 
 
 def _last_event_id(request: StreamRequest) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from tidings.enricher import metrics
 from tidings.shared.logs import get_logger
 from tidings.shared.subjects import dead_letter_subject
 
@@ -50,6 +51,7 @@ class DeadLetters:
         subject = dead_letter_subject(msg.subject)
         await self._js.publish(subject, msg.data, headers=headers)
         await msg.term()
+        metrics.DEAD_LETTERED.inc()
         log.error(
             "change given up",
             subject=msg.subject,

@@ -31,7 +31,10 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
+from tidings.enricher import metrics
 from tidings.enricher.audience import (
     RESOLVERS,
     Delivery,
@@ -51,11 +54,13 @@ from tidings.shared.settings import Settings
 from tidings.shared.subjects import (
     CHANGE_PREFIX,
     CHANGES_STREAM,
+    COMMIT_TIME_HEADER,
     ENRICHER_DURABLE,
     EVENT_TYPE_HEADER,
     dead_letters_stream_config,
     event_subject,
 )
+from tidings.shared.telemetry import get_tracer, span_headers, start_span
 
 log = get_logger(__name__)
 
@@ -63,6 +68,10 @@ FETCH_BATCH = 256
 FETCH_TIMEOUT_SECONDS = 1.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
 MAX_RETRY_DELAY_SECONDS = 5.0
+# How often the consumer's pending count is read for its gauge.
+PENDING_REFRESH_SECONDS = 5.0
+
+tracer = get_tracer(__name__)
 
 # Failures that show Postgres or NATS is unreachable for now, not that the
 # change is bad. The lookup is retried in place until they pass.
@@ -82,6 +91,7 @@ class _Published:
     change: Change
     delivery: Delivery
     acks: list[asyncio.Future]
+    span: Span
 
 
 class Enricher:
@@ -99,6 +109,7 @@ class Enricher:
         self._feed: InvalidationFeed | None = None
         self._dead_letters: DeadLetters | None = None
         self._task: asyncio.Task | None = None
+        self._pending_task: asyncio.Task | None = None
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._http = HttpServer(
             health_app(self.is_ready), settings.host, settings.enricher_port
@@ -117,15 +128,17 @@ class Enricher:
         await self._feed.start()
         self._subscription = await self._bind_consumer()
         self._task = asyncio.create_task(self._consume(self._subscription))
+        self._pending_task = asyncio.create_task(self._refresh_pending())
         await self._http.start()
         log.info("enricher started", durable=ENRICHER_DURABLE)
 
     async def stop(self) -> None:
         """Stop consuming; unacknowledged changes are redelivered to another replica."""
         await self._http.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._pending_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._subscription is not None:
             # Draining would wait for pull responses that no one reads now.
             await self._subscription.unsubscribe()
@@ -164,6 +177,18 @@ class Enricher:
             ENRICHER_DURABLE, stream=CHANGES_STREAM
         )
 
+    async def _refresh_pending(self) -> None:
+        """Keep the pending gauge at the consumer's count of undelivered changes."""
+        assert self._js is not None
+        while True:
+            try:
+                info = await self._js.consumer_info(CHANGES_STREAM, ENRICHER_DURABLE)
+            except (NatsError, JetStreamError, TimeoutError) as exc:
+                log.debug("consumer info not read", error=repr(exc))
+            else:
+                metrics.CONSUMER_PENDING.set(info.num_pending or 0)
+            await asyncio.sleep(PENDING_REFRESH_SECONDS)
+
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         while True:
             try:
@@ -186,18 +211,44 @@ class Enricher:
         await self._feed.fence()
         published = []
         for msg in messages:
-            resolved = await self._resolve(msg)
-            if resolved is None:
-                continue
-            change, delivery = resolved
+            if msg.metadata.num_delivered > 1:
+                metrics.REDELIVERIES.inc()
+            # The span continues the bridge's trace of this change and ends
+            # once the change is acknowledged or handed back.
+            span = start_span(
+                tracer,
+                "enricher resolve audience",
+                msg.headers,
+                {"messaging.nats.sequence": msg.metadata.sequence.stream},
+            )
             try:
-                acks = await self._publish(msg, delivery)
-            except (NatsError, JetStreamError) as exc:
-                await self._retry_later(msg, f"publishing failed: {exc!r}")
-                continue
-            published.append(_Published(msg, change, delivery, acks))
+                with trace.use_span(span, end_on_exit=False):
+                    item = await self._resolve_and_publish(msg, span)
+            except BaseException:
+                span.end()
+                raise
+            if item is None:
+                span.end()
+            else:
+                published.append(item)
         for item in published:
-            await self._acknowledge(item)
+            with trace.use_span(item.span, end_on_exit=True):
+                await self._acknowledge(item)
+
+    async def _resolve_and_publish(self, msg: Msg, span: Span) -> _Published | None:
+        resolved = await self._resolve(msg)
+        if resolved is None:
+            return None
+        change, delivery = resolved
+        span.set_attribute("tidings.change.kind", change.kind)
+        span.set_attribute("tidings.change.key", change.key)
+        span.set_attribute("tidings.recipients", len(delivery.audiences))
+        try:
+            acks = await self._publish(msg, change, delivery, span)
+        except (NatsError, JetStreamError) as exc:
+            await self._retry_later(msg, f"publishing failed: {exc!r}")
+            return None
+        return _Published(msg, change, delivery, acks, span)
 
     async def _resolve(self, msg: Msg) -> tuple[Change, Delivery] | None:
         """Return the change and the events it yields, or None when `msg` is settled.
@@ -228,6 +279,8 @@ class Enricher:
             return None
         if delivery is None or not delivery.audiences:
             await msg.ack()
+            metrics.CHANGES_PROCESSED.labels(change.kind).inc()
+            metrics.AUDIENCE_SIZE.observe(0)
             log.debug("change has no audience", kind=change.kind, key=change.key)
             return None
         return change, delivery
@@ -254,21 +307,27 @@ class Enricher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
 
-    async def _publish(self, msg: Msg, delivery: Delivery) -> list[asyncio.Future]:
+    async def _publish(
+        self, msg: Msg, change: Change, delivery: Delivery, span: Span
+    ) -> list[asyncio.Future]:
         assert self._js is not None
         change_id = (msg.headers or {}).get("Nats-Msg-Id") or (
             f"{CHANGES_STREAM}.{msg.metadata.sequence.stream}"
         )
         payload = encode(delivery.data)
+        common = span_headers(
+            span,
+            {
+                EVENT_TYPE_HEADER: delivery.event_type,
+                COMMIT_TIME_HEADER: f"{change.commit_time.timestamp():.6f}",
+            },
+        )
         acks = []
         for audience in delivery.audiences:
             ack = await self._js.publish_async(
                 event_subject(audience),
                 payload,
-                headers={
-                    EVENT_TYPE_HEADER: delivery.event_type,
-                    "Nats-Msg-Id": f"{change_id}:{audience}",
-                },
+                headers={**common, "Nats-Msg-Id": f"{change_id}:{audience}"},
             )
             acks.append(ack)
         return acks
@@ -281,12 +340,18 @@ class Enricher:
             await self._retry_later(item.msg, f"events not stored: {exc!r}")
             return
         await item.msg.ack()
+        recipients = len(item.delivery.audiences)
+        metrics.CHANGES_PROCESSED.labels(item.change.kind).inc()
+        metrics.EVENTS_PUBLISHED.labels(item.delivery.event_type).inc(recipients)
+        metrics.AUDIENCE_SIZE.observe(recipients)
         log.info(
             "change enriched",
             kind=item.change.kind,
             key=item.change.key,
+            change_id=(item.msg.headers or {}).get("Nats-Msg-Id"),
+            sequence=item.msg.metadata.sequence.stream,
             event_type=item.delivery.event_type,
-            recipients=len(item.delivery.audiences),
+            recipients=recipients,
             deliveries=item.msg.metadata.num_delivered,
         )
 
