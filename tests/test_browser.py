@@ -48,3 +48,23 @@ async def test_demo_page_shows_history_update(pipeline: Pipeline, browser):
     )
 
     assert f'"{history}"' in await event.inner_text()
+
+
+async def test_demo_switch_clears_events(pipeline: Pipeline, browser):
+    """Switching user empties the event list, so it shows only that user's events."""
+    alice = await create_user(pipeline.db, "alice")
+    bob = await create_user(pipeline.db, "bob")
+    alice_history = await create_history(pipeline.db, alice, "RNA-seq")
+    await create_history(pipeline.db, bob, "variants")
+    await pipeline.settle()
+    page = await browser.new_page()
+    await page.goto(f"{pipeline.edge_url}/demo")
+    await page.select_option("#user", str(alice.id))
+    await page.wait_for_selector('#state[data-state="open"]', timeout=10_000)
+    await page.click(f'button[data-history-id="{alice_history}"]')
+    await page.wait_for_selector('li.event[data-type="history_update"]', timeout=10_000)
+
+    await page.select_option("#user", str(bob.id))
+    await page.wait_for_selector('#state[data-state="open"]', timeout=10_000)
+
+    assert await page.locator('li.event[data-type="history_update"]').count() == 0
