@@ -8,6 +8,7 @@ import socket
 import struct
 
 import httpx
+from prometheus_client import REGISTRY
 
 from tests.conftest import EdgeUnderTest, User, create_user
 from tests.sse_client import open_stream
@@ -77,6 +78,7 @@ async def test_slow_client_cut_off_others_served(start_edge, db):
     """A client that stops reading is cut off while another keeps receiving."""
     under_test = await start_edge(queue_size=8)
     endpoint = under_test.edge.endpoint
+    cut_before = REGISTRY.get_sample_value("tidings_edge_slow_clients_cut_total") or 0
     alice = await create_user(db, "alice")
     bob = await create_user(db, "bob")
     payload = b'{"pad":"' + b"x" * 32_000 + b'"}'
@@ -94,6 +96,8 @@ async def test_slow_client_cut_off_others_served(start_edge, db):
     assert [f.id for f in received] == [under_test.event_id(s) for s in sequences]
     assert all(f.data == payload.decode() for f in received)
     assert await _read_until_closed(slow) < len(payload) * len(sequences)
+    cut = REGISTRY.get_sample_value("tidings_edge_slow_clients_cut_total") - cut_before
+    assert cut == 1
 
 
 async def _read_until_closed(sock: socket.socket) -> int:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import nats
 import pytest
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from tests.conftest import Pipeline, create_history, create_user
@@ -64,8 +65,14 @@ POISON = [
 ]
 
 
+def _sample(name: str) -> float:
+    """Return a counter of this process's enrichers, 0 before its first use."""
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 async def test_poison_given_up_at_once(pipeline: Pipeline, js: JetStreamContext):
     """Changes no retry can fix go to the dead letters on their first delivery."""
+    dead_before = _sample("tidings_enricher_dead_lettered_total")
     with capture_logs() as logs:
         for subject, data, _ in POISON:
             await js.publish(subject, data)
@@ -79,6 +86,8 @@ async def test_poison_given_up_at_once(pipeline: Pipeline, js: JetStreamContext)
     given_up = [e for e in logs if e["event"] == "change given up"]
     assert {e["subject"] for e in given_up} == {s for s, *_ in POISON}
     assert all(e["log_level"] == "error" and e["reason"] for e in given_up)
+    dead_after = _sample("tidings_enricher_dead_lettered_total")
+    assert dead_after - dead_before == len(POISON)
     await pipeline.settle()
 
 
@@ -94,6 +103,7 @@ async def test_failing_change_bounded_deliveries(
 
     monkeypatch.setitem(audience.RESOLVERS, "broken", always_fails)
     subject = change_subject("broken", "5")
+    redelivered_before = _sample("tidings_enricher_redeliveries_total")
 
     with capture_logs() as logs:
         await js.publish(subject, _change("broken", "5"))
@@ -104,6 +114,8 @@ async def test_failing_change_bounded_deliveries(
     assert "resolver bug on 5" in letter.headers[REASON_HEADER]
     retries = [e for e in logs if e["event"] == "change failed; will be redelivered"]
     assert [e["deliveries"] for e in retries] == list(range(1, MAX_DELIVER))
+    redelivered = _sample("tidings_enricher_redeliveries_total") - redelivered_before
+    assert redelivered == MAX_DELIVER - 1
     await pipeline.settle()
 
 
