@@ -172,3 +172,31 @@ async def test_semantic_errors_rejected(pipeline: Pipeline):
             assert field in response.text, (field, response.text)
 
     assert await pipeline.db.fetchval("SELECT count(*) FROM notification") == 0
+
+
+async def test_expired_notification_not_delivered(pipeline: Pipeline):
+    """A notification that is already expired when sent reaches no stream."""
+    db = pipeline.db
+    admin = await create_user(db, ADMIN_EMAIL.split("@")[0])
+    alice = await create_user(db, "alice")
+    marker = await create_history(db, alice)
+    await pipeline.settle()
+
+    async with (
+        open_stream(pipeline.stream_url, headers=alice.headers) as stream,
+        httpx.AsyncClient() as client,
+    ):
+        body = _message(
+            recipients={"user_ids": [alice.id]},
+            publication_time="2020-01-01T00:00:00",
+        )
+        response = await client.post(
+            f"{pipeline.api_url}/notifications", json=body, headers=admin.headers
+        )
+        assert response.status_code == 200, response.text
+        await pipeline.settle()
+        await db.execute("UPDATE history SET name = 'marker' WHERE id = $1", marker)
+        frame = await stream.next_event()
+
+    assert frame.event == "history_update"
+    assert json.loads(frame.data)["history_ids"] == [str(marker)]

@@ -170,7 +170,7 @@ WHERE una.id = $1 AND una.user_id IS NOT NULL
 """
 
 _NOTIFICATION = """
-SELECT category, publication_time FROM notification WHERE id = $1
+SELECT category, publication_time, expiration_time FROM notification WHERE id = $1
 """
 _NOTIFICATION_RECIPIENTS = """
 SELECT DISTINCT user_id AS user_id, NULL::text AS session_key
@@ -223,6 +223,10 @@ async def resolve_notification(lookups: Lookups, change: Change) -> Delivery | N
     if rows[0]["publication_time"] > now:
         # NOTE: the bridge publishes a `notification` change again when the
         # publication time comes; this one is early.
+        return None
+    expiration = rows[0]["expiration_time"]
+    if expiration is not None and expiration <= now:
+        # An expired notification is never shown, so nobody is told of it.
         return None
     recipients = await lookups.fetch(_NOTIFICATION_RECIPIENTS, notification_id)
     audiences = owner_audiences(recipients)
