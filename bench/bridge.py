@@ -32,7 +32,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,9 +43,9 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bench.latency import percentile
-from tidings.shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from bench.system import migrated_servers
+from tidings.shared.embedded import free_port
 from tidings.shared.events import change_decoder
-from tidings.shared.migrate import upgrade
 from tidings.shared.nats import ensure_streams
 from tidings.shared.settings import Settings
 from tidings.shared.subjects import CHANGE_PREFIX, CHANGES_STREAM
@@ -247,68 +246,62 @@ async def run_bridge_bench(
     rows_per_commit: tuple[int, ...] = (10, 50),
 ) -> list[BridgeRun]:
     """Start embedded servers, then measure the bridge and the naive baseline."""
-    with tempfile.TemporaryDirectory(prefix="tidings-bridge-bench-") as tmp:
-        root = Path(tmp)
-        postgres = EmbeddedPostgres(root / "postgres")
-        nats_server = EmbeddedNats(root / "nats")
-        postgres.start()
-        nats_server.start()
-        try:
-            await asyncio.to_thread(upgrade, postgres.url)
-            pool = await asyncpg.create_pool(
-                postgres.url, min_size=WRITERS, max_size=WRITERS
+    async with migrated_servers("tidings-bridge-bench-", fast=False) as (
+        root,
+        postgres,
+        nats_server,
+    ):
+        pool = await asyncpg.create_pool(
+            postgres.url, min_size=WRITERS, max_size=WRITERS
+        )
+        ids = [
+            row["id"]
+            for row in await pool.fetch(
+                "INSERT INTO history (name) SELECT 'h' "
+                "FROM generate_series(1, $1) RETURNING id",
+                HISTORIES,
             )
-            ids = [
-                row["id"]
-                for row in await pool.fetch(
-                    "INSERT INTO history (name) SELECT 'h' "
-                    "FROM generate_series(1, $1) RETURNING id",
-                    HISTORIES,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+        env.update(
+            TIDINGS_DATABASE_URL=postgres.url,
+            TIDINGS_NATS_URL=nats_server.url,
+            TIDINGS_BRIDGE_PORT=str(free_port()),
+            TIDINGS_LOG_LEVEL="WARNING",
+        )
+        bridges = [
+            (
+                "Tidings bridge",
+                [sys.executable, "-m", "tidings.cli.main", "bridge"],
+            ),
+            (
+                "Baseline: SELECT and awaited publish per NOTIFY",
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.naive_bridge",
+                    postgres.url,
+                    nats_server.url,
+                ],
+            ),
+        ]
+        runs = []
+        for name, command in bridges:
+            runs.append(
+                await measure_bridge(
+                    name,
+                    command,
+                    env,
+                    pool,
+                    nats_server.url,
+                    ids,
+                    latency_rate=latency_rate,
+                    changes=changes,
+                    rows_per_commit=rows_per_commit,
+                    log=root / "bridge.log",
                 )
-            ]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-            env.update(
-                TIDINGS_DATABASE_URL=postgres.url,
-                TIDINGS_NATS_URL=nats_server.url,
-                TIDINGS_BRIDGE_PORT=str(free_port()),
-                TIDINGS_LOG_LEVEL="WARNING",
             )
-            bridges = [
-                (
-                    "Tidings bridge",
-                    [sys.executable, "-m", "tidings.cli.main", "bridge"],
-                ),
-                (
-                    "Baseline: SELECT and awaited publish per NOTIFY",
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.naive_bridge",
-                        postgres.url,
-                        nats_server.url,
-                    ],
-                ),
-            ]
-            runs = []
-            for name, command in bridges:
-                runs.append(
-                    await measure_bridge(
-                        name,
-                        command,
-                        env,
-                        pool,
-                        nats_server.url,
-                        ids,
-                        latency_rate=latency_rate,
-                        changes=changes,
-                        rows_per_commit=rows_per_commit,
-                        log=root / "bridge.log",
-                    )
-                )
-            await pool.close()
-        finally:
-            nats_server.stop()
-            postgres.stop()
+        await pool.close()
     return runs
 
 

@@ -26,16 +26,15 @@ import json
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import nats
 
+from bench.system import migrated_servers
 from tidings.edge.tokens import TokenSigner
-from tidings.shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from tidings.shared.migrate import upgrade
+from tidings.shared.embedded import free_port
 from tidings.shared.nats import ensure_streams
 from tidings.shared.settings import Settings
 from tidings.shared.subjects import ALL_AUDIENCE, event_subject, user_audience
@@ -69,28 +68,21 @@ async def measure_connections(connections: int, tabs_per_user: int = 1) -> list[
     limit = raise_fd_limit(connections + 1000)
     if limit < connections + 100:
         print(f"  open-file limit {limit} is below {connections} connections")
-    with tempfile.TemporaryDirectory(prefix="tidings-bench-edge-") as tmp:
-        root = Path(tmp)
-        postgres = EmbeddedPostgres(root / "postgres", fast=True)
-        nats_server = EmbeddedNats(root / "nats")
-        postgres.start()
-        nats_server.start()
+    async with migrated_servers("tidings-bench-edge-", fast=True) as (
+        root,
+        postgres,
+        nats_server,
+    ):
+        settings = Settings(database_url=postgres.url, nats_url=nats_server.url)
+        nc = await nats.connect(settings.nats_url)
+        await ensure_streams(nc.jetstream(), settings)
         try:
-            # Alembic runs its own event loop, so it must not run in this one.
-            await asyncio.to_thread(upgrade, postgres.url)
-            settings = Settings(database_url=postgres.url, nats_url=nats_server.url)
-            nc = await nats.connect(settings.nats_url)
-            await ensure_streams(nc.jetstream(), settings)
-            try:
-                tidings = await _measure_tidings(
-                    settings, nc, root, connections, tabs_per_user
-                )
-                baseline = await _measure_baseline(settings, nc, root, connections)
-            finally:
-                await nc.close()
+            tidings = await _measure_tidings(
+                settings, nc, root, connections, tabs_per_user
+            )
+            baseline = await _measure_baseline(settings, nc, root, connections)
         finally:
-            nats_server.stop()
-            postgres.stop()
+            await nc.close()
     return [tidings, baseline]
 
 

@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,13 +31,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
+from bench.system import migrated_servers
 from tidings.bridge.service import change_msg_id
 from tidings.cli.up import settings_env
 from tidings.enricher.audience import RESOLVERS, Lookups
 from tidings.enricher.cache import AudienceCache
-from tidings.shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tidings.shared.embedded import free_port
 from tidings.shared.events import Change, change_decoder, encode
-from tidings.shared.migrate import upgrade
 from tidings.shared.nats import ensure_streams
 from tidings.shared.settings import Settings
 from tidings.shared.subjects import (
@@ -75,53 +74,46 @@ async def measure_enricher(
     Each row carries the median rate and the lowest and highest of the runs,
     because other processes on the machine make single runs vary.
     """
-    with tempfile.TemporaryDirectory(prefix="tidings-bench-enricher-") as tmp:
-        root = Path(tmp)
-        postgres = EmbeddedPostgres(root / "postgres", fast=True)
-        nats_server = EmbeddedNats(root / "nats")
-        postgres.start()
-        nats_server.start()
-        try:
-            # Alembic runs its own event loop, so not in this one.
-            await asyncio.to_thread(upgrade, postgres.url)
-            settings = Settings(
-                database_url=postgres.url,
-                nats_url=nats_server.url,
-                log_level="WARNING",
-                log_format="json",
-            )
-            history_ids = await _create_histories(settings.database_url, histories)
-            runs = [
-                ("Naive: uncached lookup, publish and wait per event", 0, None),
-                ("Tidings enricher, cache off", 1, 0),
-                ("Tidings enricher", 1, settings.enricher_cache_size),
-                ("Tidings enricher", 2, settings.enricher_cache_size),
-            ]
-            rows = []
-            for name, replicas, cache_size in runs:
-                print(f"enricher: {name}, {replicas or 1} consumer(s)", flush=True)
-                rates = []
-                for _ in range(repeats):
-                    rates.append(
-                        await _run(
-                            settings, root, history_ids, changes, replicas, cache_size
-                        )
+    async with migrated_servers("tidings-bench-enricher-", fast=True) as (
+        root,
+        postgres,
+        nats_server,
+    ):
+        settings = Settings(
+            database_url=postgres.url,
+            nats_url=nats_server.url,
+            log_level="WARNING",
+            log_format="json",
+        )
+        history_ids = await _create_histories(settings.database_url, histories)
+        runs = [
+            ("Naive: uncached lookup, publish and wait per event", 0, None),
+            ("Tidings enricher, cache off", 1, 0),
+            ("Tidings enricher", 1, settings.enricher_cache_size),
+            ("Tidings enricher", 2, settings.enricher_cache_size),
+        ]
+        rows = []
+        for name, replicas, cache_size in runs:
+            print(f"enricher: {name}, {replicas or 1} consumer(s)", flush=True)
+            rates = []
+            for _ in range(repeats):
+                rates.append(
+                    await _run(
+                        settings, root, history_ids, changes, replicas, cache_size
                     )
-                rows.append(
-                    {
-                        "name": name,
-                        "replicas": replicas or 1,
-                        "changes": changes,
-                        "runs": repeats,
-                        "events_per_second": statistics.median(rates),
-                        "lowest": min(rates),
-                        "highest": max(rates),
-                    }
                 )
-            return rows
-        finally:
-            nats_server.stop()
-            postgres.stop()
+            rows.append(
+                {
+                    "name": name,
+                    "replicas": replicas or 1,
+                    "changes": changes,
+                    "runs": repeats,
+                    "events_per_second": statistics.median(rates),
+                    "lowest": min(rates),
+                    "highest": max(rates),
+                }
+            )
+        return rows
 
 
 async def _create_histories(database_url: str, histories: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tidings.shared.embedded import free_port
+from tidings.shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tidings.shared.migrate import upgrade
 
 
 @contextlib.contextmanager
@@ -51,3 +53,25 @@ def running_system(extra_env: dict[str, str] | None = None):
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
             log.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_servers(prefix: str, *, fast: bool):
+    """Start embedded Postgres (migrated) and NATS in a temporary folder.
+
+    Yields the folder and both servers, and stops them afterwards. `fast`
+    turns off Postgres' fsync, for benchmarks that do not measure commits.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        postgres = EmbeddedPostgres(root / "postgres", fast=fast)
+        nats_server = EmbeddedNats(root / "nats")
+        postgres.start()
+        nats_server.start()
+        try:
+            # Alembic runs its own event loop, so it must not run in this one.
+            await asyncio.to_thread(upgrade, postgres.url)
+            yield root, postgres, nats_server
+        finally:
+            nats_server.stop()
+            postgres.stop()
