@@ -15,17 +15,6 @@ import msgspec
 # audience, and a change of a kind it does not know goes to the dead letters.
 ChangeKind = str
 
-EVENT_TYPES = frozenset(
-    {
-        "history_update",
-        "notification_update",
-        "broadcast_update",
-        "entry_point_update",
-        "notification_status",
-        "reset",
-    }
-)
-
 
 class Change(msgspec.Struct, frozen=True):
     """One changed row, as the bridge publishes it to `TIDINGS_CHANGES`."""

@@ -107,12 +107,6 @@ def get_tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
-def inject_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Add the current trace context (`traceparent`) to message headers."""
-    propagate.inject(headers)
-    return headers
-
-
 def extract_context(headers: Mapping[str, str] | None) -> Context:
     """Return the trace context carried by message headers, if any."""
     return propagate.extract(dict(headers or {}))

@@ -48,7 +48,3 @@ class StreamLimits:
         else:
             self._per_caller[audience] = count - 1
         self.total = max(0, self.total - 1)
-
-    def streams_of(self, audience: str) -> int:
-        """Number of open streams of `audience`."""
-        return self._per_caller.get(audience, 0)

@@ -34,8 +34,6 @@ class AudienceCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._keys_by_tag: dict[str, set[str]] = {}
         self._generation = 0
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,10 +57,8 @@ class AudienceCache:
         if entry is None or entry.expires <= time.monotonic():
             if entry is not None:
                 self._remove(key)
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return entry.value
 
     def put(self, key: str, value: Any, tags: list[str], generation: int) -> None:
