@@ -10,7 +10,7 @@ Both servers subscribe to `tidings.live.all`, where the stream republishes
 it. The median over `BROADCAST_ROUNDS` rounds is reported.
 
 The servers:
-- Tidings: `tidings edge`; each connection holds a stream token of its own
+- Tidings: `tidings edge`; each connection uses a stream token of its own
   user (`tabs_per_user` connections share one), so the edge also keeps one
   NATS subscription per user.
 - Baseline: `bench.naive_sse`, Litestar's `ServerSentEvent` with one

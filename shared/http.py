@@ -145,6 +145,6 @@ async def log_unhandled_exception(exc: Exception, scope) -> None:
 
 
 def too_deeply_nested(_request, exc: RecursionError) -> Response[dict]:
-    """Answer a JSON body nested beyond the parser's recursion limit with a 400."""
+    """Return a 400 for a JSON body nested beyond the parser's recursion limit."""
     detail = "JSON body is nested too deeply"
     return Response({"status_code": 400, "detail": detail}, status_code=400)

@@ -138,8 +138,8 @@ def span_headers(span: trace.Span, headers: dict[str, str]) -> dict[str, str]:
 class _ReportOnceExporter(SpanExporter):
     """Wraps an exporter and logs once when spans cannot be delivered.
 
-    The services keep working without a collector; the log says so once
-    instead of on every batch.
+    The services keep working without a collector, and the warning is
+    logged once instead of on every batch.
     """
 
     def __init__(self, inner: SpanExporter):

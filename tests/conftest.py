@@ -87,7 +87,7 @@ def settings(servers: Servers) -> Settings:
         enricher_port=free_port(),
         admin_users=ADMIN_EMAIL,
         keepalive_seconds=0.5,
-        # Coalescing holds a repeated change of a key for the window, which
+        # Coalescing delays a repeated change of a key for the window, which
         # would let `Pipeline.settle()` return before it; the bridge's own
         # tests turn it on where they check it.
         bridge_coalesce_ms=0,
@@ -212,7 +212,7 @@ async def create_user(db: asyncpg.Pool, name: str) -> User:
 
 
 async def create_history(db: asyncpg.Pool, user: User | None, name: str = "h") -> int:
-    """Insert a history owned by `user` (or by nobody)."""
+    """Insert a history owned by `user`, or by no user when it is None."""
     return await db.fetchval(
         "INSERT INTO history (user_id, name) VALUES ($1, $2) RETURNING id",
         user.id if user else None,

@@ -1,4 +1,4 @@
-"""A small SSE client for tests: parses frames off the wire as the WHATWG spec says.
+"""A small SSE client for tests: parses frames off the wire per the WHATWG spec.
 
 Unlike a browser it also records comments and `retry:` fields, so tests can
 check keepalives and the reconnection delay.

@@ -188,7 +188,7 @@ async def test_token_route_refuses_without_credentials(edge: EdgeUnderTest, db):
 
 
 async def test_token_route_disabled_without_secret(start_edge, db):
-    """With no TIDINGS_TOKEN_SECRET the token route says how to enable it."""
+    """With no TIDINGS_TOKEN_SECRET the token route names the setting."""
     under_test = await start_edge(token_secret="")
     alice = await create_user(db, "alice")
 
@@ -321,7 +321,7 @@ def test_id_secret_length_checked():
 
 
 def test_token_without_secret_names_setting():
-    """Minting with no secret says which setting enables tokens."""
+    """Minting with no secret names the setting that enables tokens."""
     with pytest.raises(ConfigurationError) as caught:
         TokenSigner("", 60).mint("user.1", 1)
 

@@ -3,7 +3,7 @@
 Hypothesis draws users, groups, roles, anonymous sessions, histories and a
 sequence of changes (history edits, notifications to users, groups and
 roles, seen marks, broadcasts, entry points, group joins, logins that adopt
-anonymous histories). A small model says which audience may see what; the
+anonymous histories). A small model decides which audience may see what; the
 events stored in `TIDINGS_EVENTS` must match it per audience, with nothing
 on any other subject.
 

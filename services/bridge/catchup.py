@@ -11,7 +11,7 @@ the stream keeps changes.
 Audit rows become visible in commit order, not in the order of their times:
 a transaction that started earlier can commit later with an older time. A
 scan therefore starts an overlap window before the watermark. Changes found
-there that the stream already holds are skipped, and `Nats-Msg-Id` absorbs
+there that the stream already contains are skipped, and `Nats-Msg-Id` absorbs
 any other repeat. A row that becomes visible more than the overlap window
 after its time, while no LISTEN hears its NOTIFY, is missed.
 """

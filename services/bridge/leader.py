@@ -6,7 +6,7 @@ killed or its connection breaks, a standby that retries the lock every
 quarter lease takes over. A leader cut off by a half-open TCP connection is
 ended by the server itself. The leader sets `idle_session_timeout` to the
 lease on its session (Postgres 14 and later) and sends a keepalive query every
-quarter lease, so only a silent leader is timed out. The same keepalive tells
+quarter lease, so only a silent leader is timed out. The same keepalive shows
 the leader promptly that its connection is dead.
 """
 

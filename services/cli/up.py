@@ -51,7 +51,7 @@ def run_up(settings: Settings, data_dir: str) -> int:
         _say(f"migrating {_redact(settings.database_url)}")
         upgrade(settings.database_url)
         demo = asyncio.run(seed_demo(settings.database_url))
-        # The demo is on unless TIDINGS_DEMO says otherwise.
+        # The demo is on unless TIDINGS_DEMO is set to false.
         demo_on = settings.demo or f"{PREFIX}DEMO" not in os.environ
         settings = settings.replace(
             demo=demo_on, admin_users=settings.admin_users or ADMIN_EMAIL

@@ -115,4 +115,4 @@ async def replay(
         try:
             await subscription.unsubscribe()
         except nats.errors.Error:
-            pass  # The connection is gone, and the server forgets the consumer.
+            pass  # The connection is gone, so the server drops the consumer.

@@ -25,7 +25,7 @@ class OriginPolicy:
         self._allowed = frozenset(o.rstrip("/") for o in allowed if o != "*")
 
     def allows(self, request: StreamRequest) -> bool:
-        """Whether the request comes from its own origin or an allowed one."""
+        """Return True for a request from its own origin or an allowed one."""
         origin = request.header("origin")
         if not origin or _same_origin(origin, request.header("host")):
             return True
@@ -43,7 +43,7 @@ class OriginPolicy:
         ]
 
     def preflight_headers(self, request: StreamRequest) -> list[tuple[str, str]]:
-        """Headers of the answer to an allowed `OPTIONS` preflight."""
+        """Headers of the response to an allowed `OPTIONS` preflight."""
         return [
             *self.response_headers(request),
             ("access-control-allow-methods", "GET"),

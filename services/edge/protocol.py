@@ -2,7 +2,7 @@
 
 uvicorn runs an ASGI request as a task with a scope, a receive queue and
 flow-control events, about 10 KiB per open response. An idle SSE stream
-needs none of that, so this protocol reads the request line first: a request
+needs none of that, so this protocol reads the request line first. A request
 for the stream path is parsed here (with httptools, as uvicorn does) and
 handed to the stream endpoint, which keeps only the transport and a small
 object per stream. Any other request is handed, bytes and all, to uvicorn's
@@ -129,7 +129,7 @@ class _EdgeHttpProtocol(asyncio.Protocol):
         self._read_stream_head()
 
     def _route(self) -> bool | None:
-        """Whether the request is for the stream path; None until that is known."""
+        """True for a request of the stream path; None until that is known."""
         end = self._head.find(b"\n")
         if end < 0:
             return False if len(self._head) > MAX_REQUEST_LINE_BYTES else None
@@ -157,10 +157,10 @@ class _EdgeHttpProtocol(asyncio.Protocol):
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._head) > MAX_HEAD_BYTES:
-                self._refuse(431, "request head is larger than 16 KiB")
+                self._reject(431, "request head is larger than 16 KiB")
             return
         if end + 4 > MAX_HEAD_BYTES:
-            self._refuse(431, "request head is larger than 16 KiB")
+            self._reject(431, "request head is larger than 16 KiB")
             return
         collector = _HeadCollector()
         parser = httptools.HttpRequestParser(collector)
@@ -169,13 +169,13 @@ class _EdgeHttpProtocol(asyncio.Protocol):
             query = httptools.parse_url(collector.url).query or b""
             params = parse_qs(query.decode("latin-1"), max_num_fields=_MAX_PARAMS)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "the event stream cannot be upgraded")
+            self._reject(400, "the event stream cannot be upgraded")
             return
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"malformed HTTP request: {exc}")
+            self._reject(400, f"malformed HTTP request: {exc}")
             return
         except ValueError:
-            self._refuse(400, f"more than {_MAX_PARAMS} query parameters")
+            self._reject(400, f"more than {_MAX_PARAMS} query parameters")
             return
         self._head = bytearray()
         self._is_stream = False  # Bytes after the head are not read.
@@ -187,7 +187,7 @@ class _EdgeHttpProtocol(asyncio.Protocol):
         )
         self._handle_stream(transport, request)
 
-    def _refuse(self, status: int, detail: str) -> None:
+    def _reject(self, status: int, detail: str) -> None:
         assert self._transport is not None
         self._is_stream = False
         self._transport.write(json_response(status, {"detail": detail}))

@@ -305,7 +305,7 @@ class StreamEndpoint:
     def release(self, connection: SseConnection) -> None:
         """Forget a stream whose socket went away (called by the connection)."""
         if connection in self._opening:
-            return  # The opening task forgets it once it sees the stream closed.
+            return  # The opening task drops it once it sees the stream closed.
         self._forget(connection)
 
     def _forget(self, connection: SseConnection) -> None:

@@ -226,7 +226,7 @@ async def resolve_notification(lookups: Lookups, change: Change) -> Delivery | N
         return None
     expiration = rows[0]["expiration_time"]
     if expiration is not None and expiration <= now:
-        # An expired notification is never shown, so nobody is told of it.
+        # An expired notification is never shown, so no event is published.
         return None
     recipients = await lookups.fetch(_NOTIFICATION_RECIPIENTS, notification_id)
     audiences = owner_audiences(recipients)

@@ -7,8 +7,8 @@
 //   client.onState((state) => console.log("stream", state));
 //
 // The stream opens with the first subscriber and closes with the last one,
-// and on `pagehide`; it never opens inside an iframe, where the top page
-// holds the tab's stream (browsers allow six HTTP/1.1 connections per
+// and on `pagehide`. It never opens inside an iframe, where the top page
+// owns the tab's stream (browsers allow six HTTP/1.1 connections per
 // origin). While the EventSource reconnects by itself it sends
 // `Last-Event-ID`; when the browser gives up (a 401 for an expired token, a
 // 429, a 503) the client opens a new EventSource after a growing delay and
@@ -94,7 +94,7 @@ export class TidingsClient {
     };
   }
 
-  /** Call `callback(data)` when the server says the page must refetch its state. */
+  /** Call `callback(data)` when the server sends `reset`: the page must refetch its state. */
   onReset(callback) {
     this._resetListeners.add(callback);
     return () => this._resetListeners.delete(callback);
